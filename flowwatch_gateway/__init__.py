@@ -1,0 +1,1 @@
+"""FlowWatch Gateway: one FlowWatch API in front of many workflow subsystems."""
