@@ -1,0 +1,52 @@
+#!/usr/bin/env python3
+"""Set-up and entry points for a fresh clone; needs only Python >= 3.11.
+
+    python3 dev.py demo    # create .venv, install, start the gateway + 3 demo subsystems
+    python3 dev.py test    # create .venv, install with dev extras, run the whole test suite
+
+Extra arguments after the command go to `flowwatch-gateway demo` or pytest.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
+PYTEST_NO_TESTS_COLLECTED = 5
+
+
+def ensure_venv(extras: str) -> None:
+    if not (BIN / "python").exists():
+        print(f"creating {VENV}", flush=True)
+        venv.EnvBuilder(with_pip=True).create(VENV)
+    pip = [str(BIN / "python"), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, "--upgrade", "pip"], check=True)
+    subprocess.run([*pip, "-e", f".{extras}"], check=True, cwd=ROOT)
+
+
+def main() -> int:
+    if sys.version_info < (3, 11):  # noqa: UP036 - dev.py runs before the venv exists
+        sys.exit("Python 3.11 or newer is required")
+    command, rest = (sys.argv[1], sys.argv[2:]) if len(sys.argv) > 1 else ("", [])
+    if command == "demo":
+        ensure_venv("")
+        return subprocess.call([str(BIN / "flowwatch-gateway"), "demo", *rest], cwd=ROOT)
+    if command == "test":
+        ensure_venv("[dev]")
+        # -m "" also runs the tests marked slow, which a plain `pytest` skips.
+        code = subprocess.call([str(BIN / "python"), "-m", "pytest", "-m", "", *rest], cwd=ROOT)
+        if code == PYTEST_NO_TESTS_COLLECTED:
+            print("pytest collected no tests: treating that as a failure", file=sys.stderr)
+            return 1
+        return code
+    sys.exit(__doc__)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
