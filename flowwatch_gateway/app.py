@@ -1,0 +1,133 @@
+"""The gateway as one ASGI application: Register, the FlowWatch API, probes, CORS, lifespan.
+
+Server-agnostic: pyvoy and uvicorn both serve what `create_app` returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import BaseRoute, Mount, Route
+
+from flowwatch_gateway.adapter import APPROXIMATE_HEADER, PARTIAL_FAILURE_HEADER
+from flowwatch_gateway.config import GatewayConfig
+from flowwatch_gateway.control import serve_control_socket
+from flowwatch_gateway.gateway import GatewayAdapter
+from flowwatch_gateway.health import HealthMonitor
+from flowwatch_gateway.register import REASON_SHUTDOWN, RegisterService, gateway_asgi_app
+from flowwatch_gateway.registry import Clock, Registry
+from flowwatch_gateway.services import flowwatch_routes
+
+log = logging.getLogger(__name__)
+
+# What connect-web and grpc-web clients send and need to read across origins.
+CORS_ALLOW_HEADERS = (
+    "Content-Type",
+    "Connect-Protocol-Version",
+    "Connect-Timeout-Ms",
+    "Grpc-Timeout",
+    "X-Grpc-Web",
+    "X-User-Agent",
+)
+CORS_EXPOSE_HEADERS = (
+    "Grpc-Status",
+    "Grpc-Message",
+    "Grpc-Status-Details-Bin",
+    PARTIAL_FAILURE_HEADER,
+    APPROXIMATE_HEADER,
+)
+CORS_METHODS = ("POST", "GET", "OPTIONS")
+CORS_MAX_AGE_SECONDS = 7200
+
+# How long shutdown waits for DisconnectCommands to leave before closing streams anyway.
+DISCONNECT_FLUSH_SECONDS = 1.5
+
+
+def create_app(
+    config: GatewayConfig, *, clock: Clock | None = None, control_socket: str | None = None
+) -> Starlette:
+    """Build the gateway app; its registry is exposed as `app.state.registry`.
+
+    With `control_socket`, the app listens there for the supervisor's drain request
+    (see control.py); without it, draining happens in the lifespan shutdown only.
+    """
+    registry = Registry(clock)
+    adapter = GatewayAdapter(registry, config)
+    register_service = RegisterService(registry, config)
+    registry.add_listener(register_service)
+    monitor = HealthMonitor(registry, heartbeat=config.heartbeat, grace_period=config.grace_period)
+    gateway_app = gateway_asgi_app(register_service)
+
+    async def drain() -> None:
+        """Refuse new registrations and tell every connected subsystem to go away."""
+        app.state.draining = True
+        register_service.start_draining()
+        log.info("gateway draining: %d register stream(s)", register_service.open_streams)
+        await register_service.disconnect_all(
+            REASON_SHUTDOWN, flush_timeout=DISCONNECT_FLUSH_SECONDS
+        )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        log.info("gateway starting: %s", config.describe())
+        monitor_task = asyncio.create_task(monitor.run(), name="health-monitor")
+        control = None
+        if control_socket is not None:
+            control = await serve_control_socket(control_socket, drain)
+        app.state.started = True
+        try:
+            yield
+        finally:
+            await drain()
+            if control is not None:
+                control.close()
+            monitor_task.cancel()
+            await asyncio.gather(monitor_task, return_exceptions=True)
+            await adapter.aclose()
+            log.info("gateway stopped")
+
+    async def healthz(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    async def readyz(request: Request) -> PlainTextResponse:
+        state = request.app.state
+        if state.draining:
+            return PlainTextResponse("draining", status_code=503)
+        if not state.started:
+            return PlainTextResponse("starting", status_code=503)
+        return PlainTextResponse("ready")
+
+    routes: list[BaseRoute] = [
+        Route("/healthz", healthz, methods=["GET", "HEAD"]),
+        Route("/readyz", readyz, methods=["GET", "HEAD"]),
+        Mount(gateway_app.path, gateway_app),
+        *flowwatch_routes(adapter),
+    ]
+    app = Starlette(
+        routes=routes,
+        middleware=[
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(config.ui_origins),
+                allow_methods=list(CORS_METHODS),
+                allow_headers=list(CORS_ALLOW_HEADERS),
+                expose_headers=list(CORS_EXPOSE_HEADERS),
+                max_age=CORS_MAX_AGE_SECONDS,
+            )
+        ],
+        lifespan=lifespan,
+    )
+    app.state.registry = registry
+    app.state.register_service = register_service
+    app.state.config = config
+    app.state.started = False
+    app.state.draining = False
+    return app

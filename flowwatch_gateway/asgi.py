@@ -1,0 +1,20 @@
+"""The ASGI entry point servers load by name (`flowwatch_gateway.asgi:app`).
+
+pyvoy imports this module inside the Envoy process, which only inherits environment
+variables, so the configuration is read from the environment here (the CLI has
+already validated it and passed it on as GATEWAY_* variables), and so is the path
+of the control socket the CLI uses to drain the app before stopping Envoy.
+"""
+
+from __future__ import annotations
+
+import os
+
+from flowwatch_gateway.app import create_app
+from flowwatch_gateway.config import GatewayConfig
+from flowwatch_gateway.control import CONTROL_SOCKET_ENV
+from flowwatch_gateway.server import configure_logging
+
+config = GatewayConfig.from_env()
+configure_logging(config.log_level)
+app = create_app(config, control_socket=os.environ.get(CONTROL_SOCKET_ENV) or None)

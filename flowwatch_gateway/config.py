@@ -1,0 +1,398 @@
+"""Gateway configuration: environment variables, overridden by CLI flags, validated once.
+
+The variable names are the ones the Go gateway used, so existing deployments keep
+working. Every value is checked when the configuration is built: a bad value raises
+ConfigError naming the variable (or flag) and the value, instead of silently falling
+back to a default.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+ServerKind = Literal["pyvoy", "uvicorn"]
+SERVER_KINDS: tuple[ServerKind, ...] = ("pyvoy", "uvicorn")
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+ALL_INTERFACES = "0.0.0.0"
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, malformed or out of range."""
+
+
+# --- Go duration syntax ------------------------------------------------------------------
+
+# Nanoseconds per unit; summing exact fractions keeps "30s" at exactly 30.0 seconds.
+_DURATION_UNITS_NS: Mapping[str, int] = {
+    "ns": 1,
+    "us": 1_000,
+    "µs": 1_000,  # Go accepts both micro signs
+    "μs": 1_000,
+    "ms": 1_000_000,
+    "s": 1_000_000_000,
+    "m": 60 * 1_000_000_000,
+    "h": 3600 * 1_000_000_000,
+}
+_DURATION_TERM = re.compile(r"(\d+\.?\d*|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+
+
+def parse_go_duration(text: str) -> float:
+    """Parse a Go `time.ParseDuration` string ("1m30s", "500ms", "1.5h", "0") into seconds.
+
+    Go syntax is what operators of the Go gateway already wrote in their manifests.
+    Raises ValueError on anything Go would reject (a bare number other than 0, unknown
+    units, empty input).
+    """
+    body = text.strip()
+    sign = 1.0
+    if body[:1] in "+-" and body:
+        sign = -1.0 if body[0] == "-" else 1.0
+        body = body[1:]
+    if body == "0":
+        return 0.0
+    if not body:
+        raise ValueError(f"invalid duration {text!r}")
+    total_ns = Fraction(0)
+    position = 0
+    while position < len(body):
+        match = _DURATION_TERM.match(body, position)
+        if match is None:
+            raise ValueError(
+                f"invalid duration {text!r}: expected a number followed by one of "
+                "ns, us, ms, s, m, h (for example 1m30s or 500ms)"
+            )
+        total_ns += Fraction(match.group(1)) * _DURATION_UNITS_NS[match.group(2)]
+        position = match.end()
+    return sign * float(total_ns / 1_000_000_000)
+
+
+def format_go_duration(seconds: float) -> str:
+    """Render seconds so that parse_go_duration reads back the same value (to the ns)."""
+    nanoseconds = round(seconds * 1e9)
+    return "0" if nanoseconds == 0 else f"{nanoseconds}ns"
+
+
+# --- the configuration -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """Everything the gateway process needs to know, already validated."""
+
+    host: str = ALL_INTERFACES
+    port: int = 8091
+    api_key: str = ""
+    grace_period: float = 30.0
+    heartbeat: float = 10.0
+    run_cache_size: int = 100_000
+    ui_origins: tuple[str, ...] = ("http://localhost:5173",)
+    upstream_timeout: float = 5.0
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    server: ServerKind = "pyvoy"
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        _check(1 <= self.port <= 65535, "port", self.port, "must be between 1 and 65535")
+        _check(self.heartbeat > 0, "heartbeat", self.heartbeat, "must be greater than 0")
+        _check(self.grace_period >= 0, "grace_period", self.grace_period, "must not be negative")
+        _check(
+            self.upstream_timeout > 0,
+            "upstream_timeout",
+            self.upstream_timeout,
+            "must be greater than 0",
+        )
+        _check(self.run_cache_size > 0, "run_cache_size", self.run_cache_size, "must be at least 1")
+        _check(self.server in SERVER_KINDS, "server", self.server, "must be pyvoy or uvicorn")
+        _check(
+            self.log_level in LOG_LEVELS,
+            "log_level",
+            self.log_level,
+            f"must be one of {', '.join(LOG_LEVELS)}",
+        )
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError(
+                "GATEWAY_TLS_CERT (--tls-cert) and GATEWAY_TLS_KEY (--tls-key) must be set "
+                f"together (got cert={self.tls_cert}, key={self.tls_key})"
+            )
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ConfigError(
+                "GATEWAY_TLS_CLIENT_CA (--tls-client-ca, mTLS) needs GATEWAY_TLS_CERT and "
+                "GATEWAY_TLS_KEY as well"
+            )
+
+    @property
+    def tls_enabled(self) -> bool:
+        return self.tls_cert is not None
+
+    @property
+    def addr(self) -> str:
+        """The listen address in the GATEWAY_ADDR form (`host:port`)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> GatewayConfig:
+        """Configuration from environment variables only (how the Envoy process gets it)."""
+        return cls.from_sources(os.environ if env is None else env, {})
+
+    @classmethod
+    def from_sources(cls, env: Mapping[str, str], flags: Mapping[str, str | None]) -> GatewayConfig:
+        """Build from env vars and CLI flag values; a flag given (not None) wins over its var.
+
+        `flags` maps flag names (e.g. "--heartbeat") to their raw string values.
+        """
+        values: dict[str, Any] = {}
+        for setting in SETTINGS:
+            flag_value = flags.get(setting.flag)
+            if flag_value is not None:
+                source, raw = setting.flag, flag_value
+            elif setting.env in env:
+                source, raw = setting.env, env[setting.env]
+            else:
+                continue
+            try:
+                values.update(setting.parse(raw))
+            except ValueError as exc:
+                raise ConfigError(f"{source}={raw!r}: {exc}") from None
+        return cls(**values)
+
+    def to_env(self) -> dict[str, str]:
+        """Environment variables that rebuild exactly this configuration via from_env.
+
+        The CLI validates flags and env in its own process; the app itself runs inside
+        the Envoy process, which only inherits environment variables.
+        """
+        env = {
+            "GATEWAY_ADDR": self.addr,
+            "GATEWAY_API_KEY": self.api_key,
+            "GATEWAY_GRACE_PERIOD": format_go_duration(self.grace_period),
+            "GATEWAY_HEARTBEAT": format_go_duration(self.heartbeat),
+            "GATEWAY_RUN_CACHE_SIZE": str(self.run_cache_size),
+            "UI_ORIGIN": ",".join(self.ui_origins),
+            "GATEWAY_UPSTREAM_TIMEOUT": format_go_duration(self.upstream_timeout),
+            "GATEWAY_TLS_CERT": str(self.tls_cert or ""),
+            "GATEWAY_TLS_KEY": str(self.tls_key or ""),
+            "GATEWAY_TLS_CLIENT_CA": str(self.tls_client_ca or ""),
+            "GATEWAY_SERVER": self.server,
+            "GATEWAY_LOG_LEVEL": self.log_level,
+        }
+        return env
+
+    def describe(self) -> str:
+        """One log line with the effective settings; the API key is never shown."""
+        parts = []
+        for field in fields(self):
+            value = getattr(self, field.name)
+            if field.name == "api_key":
+                value = "set" if value else "unset"
+            elif isinstance(value, float):
+                value = f"{value:g}s"
+            parts.append(f"{field.name}={value}")
+        return " ".join(parts)
+
+
+def _check(ok: bool, name: str, value: object, rule: str) -> None:
+    if not ok:
+        raise ConfigError(f"{name} {rule}, got {value!r}")
+
+
+# --- one parser per setting --------------------------------------------------------------
+
+
+def parse_addr(text: str) -> dict[str, Any]:
+    """`host:port`, `:port` (all interfaces) or `[v6]:port` -> host and port."""
+    host, sep, port_text = text.strip().rpartition(":")
+    if not sep:
+        raise ValueError("expected host:port (for example :8091 or 127.0.0.1:8091)")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not port_text.isdigit():
+        raise ValueError(f"port must be a number between 1 and 65535, got {port_text!r}")
+    port = int(port_text)
+    if not 1 <= port <= 65535:
+        raise ValueError(f"port must be between 1 and 65535, got {port}")
+    return {"host": host or ALL_INTERFACES, "port": port}
+
+
+def parse_origins(text: str) -> tuple[str, ...]:
+    """A comma-separated list of browser origins (`scheme://host[:port]`) or `*`."""
+    origins = tuple(part.strip() for part in text.split(",") if part.strip())
+    if not origins:
+        raise ValueError("expected at least one origin, e.g. http://localhost:5173")
+    for origin in origins:
+        if origin == "*":
+            continue
+        parts = urlsplit(origin)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{origin!r} is not an origin like https://ui.example.com")
+        if parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise ValueError(f"{origin!r} must not contain a path, query or fragment")
+    return tuple(origin.rstrip("/") for origin in origins)
+
+
+def _duration_field(name: str, *, allow_zero: bool) -> Callable[[str], dict[str, Any]]:
+    def parse(text: str) -> dict[str, Any]:
+        seconds = parse_go_duration(text)
+        if seconds < 0 or (seconds == 0 and not allow_zero):
+            raise ValueError("must be greater than 0" if not allow_zero else "must not be negative")
+        return {name: seconds}
+
+    return parse
+
+
+def _positive_int_field(name: str) -> Callable[[str], dict[str, Any]]:
+    def parse(text: str) -> dict[str, Any]:
+        try:
+            value = int(text.strip())
+        except ValueError:
+            raise ValueError("expected a whole number") from None
+        if value < 1:
+            raise ValueError("must be at least 1")
+        return {name: value}
+
+    return parse
+
+
+def _optional_file_field(name: str) -> Callable[[str], dict[str, Any]]:
+    def parse(text: str) -> dict[str, Any]:
+        if not text.strip():
+            return {name: None}
+        path = Path(text.strip())
+        if not path.is_file():
+            raise ValueError(f"no readable file at {path}")
+        return {name: path}
+
+    return parse
+
+
+def _choice_field(name: str, choices: tuple[str, ...]) -> Callable[[str], dict[str, Any]]:
+    def parse(text: str) -> dict[str, Any]:
+        value = text.strip().lower()
+        if value == "warn":
+            value = "warning"
+        if value not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}")
+        return {name: value}
+
+    return parse
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One configurable value: its env var, its CLI flag, and how to parse it."""
+
+    env: str
+    flag: str
+    default: str
+    help: str
+    parse: Callable[[str], dict[str, Any]]
+    fields: tuple[str, ...]
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "GATEWAY_ADDR",
+        "--addr",
+        ":8091",
+        "listen address host:port; an empty host means all interfaces",
+        parse_addr,
+        ("host", "port"),
+    ),
+    Setting(
+        "GATEWAY_API_KEY",
+        "--api-key",
+        "",
+        "key subsystems must present when registering; empty disables the check",
+        lambda text: {"api_key": text},
+        ("api_key",),
+    ),
+    Setting(
+        "GATEWAY_GRACE_PERIOD",
+        "--grace-period",
+        "30s",
+        "how long a stale subsystem is kept before it is removed (Go duration)",
+        _duration_field("grace_period", allow_zero=True),
+        ("grace_period",),
+    ),
+    Setting(
+        "GATEWAY_HEARTBEAT",
+        "--heartbeat",
+        "10s",
+        "ping interval on Register streams; 2 missed pongs make a subsystem stale",
+        _duration_field("heartbeat", allow_zero=False),
+        ("heartbeat",),
+    ),
+    Setting(
+        "GATEWAY_RUN_CACHE_SIZE",
+        "--run-cache-size",
+        "100000",
+        "how many run-id -> subsystem routes to remember",
+        _positive_int_field("run_cache_size"),
+        ("run_cache_size",),
+    ),
+    Setting(
+        "UI_ORIGIN",
+        "--ui-origin",
+        "http://localhost:5173",
+        "browser origin(s) allowed by CORS, comma-separated",
+        lambda text: {"ui_origins": parse_origins(text)},
+        ("ui_origins",),
+    ),
+    Setting(
+        "GATEWAY_UPSTREAM_TIMEOUT",
+        "--upstream-timeout",
+        "5s",
+        "deadline for each proxied call to a subsystem (Go duration)",
+        _duration_field("upstream_timeout", allow_zero=False),
+        ("upstream_timeout",),
+    ),
+    Setting(
+        "GATEWAY_TLS_CERT",
+        "--tls-cert",
+        "",
+        "PEM certificate chain; enables TLS (ALPN h2) together with the key",
+        _optional_file_field("tls_cert"),
+        ("tls_cert",),
+    ),
+    Setting(
+        "GATEWAY_TLS_KEY",
+        "--tls-key",
+        "",
+        "PEM private key for --tls-cert",
+        _optional_file_field("tls_key"),
+        ("tls_key",),
+    ),
+    Setting(
+        "GATEWAY_TLS_CLIENT_CA",
+        "--tls-client-ca",
+        "",
+        "PEM CA bundle; when set, clients must present a certificate it signed (mTLS)",
+        _optional_file_field("tls_client_ca"),
+        ("tls_client_ca",),
+    ),
+    Setting(
+        "GATEWAY_SERVER",
+        "--server",
+        "pyvoy",
+        "pyvoy (HTTP/1.1 + HTTP/2 + gRPC) or uvicorn (HTTP/1.1 only, no Register)",
+        _choice_field("server", SERVER_KINDS),
+        ("server",),
+    ),
+    Setting(
+        "GATEWAY_LOG_LEVEL",
+        "--log-level",
+        "info",
+        "debug, info, warning, error or critical",
+        _choice_field("log_level", LOG_LEVELS),
+        ("log_level",),
+    ),
+)

@@ -1,0 +1,59 @@
+"""A private control channel from the supervising CLI process to the app inside Envoy.
+
+Envoy resets every open stream as soon as it receives SIGTERM, before the ASGI
+lifespan shutdown runs, so a DisconnectCommand sent from the lifespan never reaches
+the subsystems. Instead the supervisor asks the app to drain over a Unix socket in a
+private directory (reachable only by this user, independent of TLS/mTLS on the public
+port), waits for the answer, and only then stops Envoy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+log = logging.getLogger(__name__)
+
+CONTROL_SOCKET_ENV = "FLOWWATCH_GATEWAY_CONTROL_SOCKET"
+DRAIN_COMMAND = b"drain\n"
+DRAINED_REPLY = b"drained\n"
+
+
+async def serve_control_socket(path: str, drain: Callable[[], Awaitable[None]]) -> asyncio.Server:
+    """Listen on `path`; a `drain` line runs `drain()` and is answered with `drained`."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            command = await reader.readline()
+            if command == DRAIN_COMMAND:
+                await drain()
+                writer.write(DRAINED_REPLY)
+            else:
+                writer.write(b"unknown command\n")
+            await writer.drain()
+        except ConnectionError:
+            log.debug("control client went away")
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+    return await asyncio.start_unix_server(handle, path=path)
+
+
+async def request_drain(path: str, within: float) -> bool:
+    """Ask the app listening on `path` to drain; True once it confirms `within` seconds."""
+    try:
+        async with asyncio.timeout(within):
+            reader, writer = await asyncio.open_unix_connection(path)
+            try:
+                writer.write(DRAIN_COMMAND)
+                await writer.drain()
+                return await reader.readline() == DRAINED_REPLY
+            finally:
+                writer.close()
+    except (OSError, TimeoutError) as exc:
+        log.warning("could not drain the gateway before stopping: %r", exc)
+        return False

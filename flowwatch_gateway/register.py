@@ -1,0 +1,272 @@
+"""GatewayService.Register: the long-lived stream through which subsystems join the gateway.
+
+One stream per subsystem connection. After the RegisterRequest is accepted the gateway
+pings every heartbeat interval while a reader task records the pongs: both directions
+run at the same time (full duplex over HTTP/2). When the stream ends for any reason the
+subsystem becomes stale, unless a newer registration of the same id has replaced it
+(the registry's epoch decides).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
+
+from connectrpc.code import Code
+from connectrpc.errors import ConnectError
+from connectrpc.request import RequestContext
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from flowwatch_gateway.config import GatewayConfig
+from flowwatch_gateway.gen.flowwatch.v1 import gateway_service_connect
+from flowwatch_gateway.gen.flowwatch.v1.gateway_service_pb2 import (
+    DisconnectCommand,
+    GatewayMessage,
+    Heartbeat,
+    RegisterRequest,
+    RegisterResponse,
+    SubsystemMessage,
+)
+from flowwatch_gateway.registry import Registry, SubsystemInstance
+
+log = logging.getLogger(__name__)
+
+REASON_REPLACED = "replaced by a newer registration of the same subsystem id"
+REASON_EXPIRED = "registration expired: stale for longer than the grace period"
+REASON_SHUTDOWN = "gateway shutting down"
+
+
+def validate_register_request(request: RegisterRequest) -> None:
+    """Reject a registration the gateway could not route to, naming the field and value."""
+    if not request.subsystem_id.strip():
+        raise ConnectError(Code.INVALID_ARGUMENT, "RegisterRequest.subsystem_id is required")
+    endpoint = request.flowwatch_endpoint
+    problem = _endpoint_problem(endpoint)
+    if problem:
+        raise ConnectError(
+            Code.INVALID_ARGUMENT,
+            f"RegisterRequest.flowwatch_endpoint must be an absolute http(s) URL with a host "
+            f"(e.g. http://orders:8080), got {endpoint!r}: {problem}",
+        )
+
+
+def _endpoint_problem(endpoint: str) -> str:
+    try:
+        parts = urlsplit(endpoint)
+        _ = parts.port  # raises ValueError on a malformed port
+    except ValueError as exc:
+        return str(exc)
+    if parts.scheme not in ("http", "https"):
+        return "scheme must be http or https"
+    if not parts.hostname:
+        return "no host"
+    return ""
+
+
+class _Session:
+    """One accepted Register stream; lets others ask it to send a disconnect and end."""
+
+    def __init__(self, instance: SubsystemInstance) -> None:
+        self.subsystem_id = instance.id
+        self.epoch = instance.epoch
+        self.close_reason: str | None = None
+        self.closing = asyncio.Event()
+        self.finished = asyncio.Event()
+
+    def close(self, reason: str | None) -> None:
+        """Ask the stream to end; with a reason the subsystem first gets a DisconnectCommand."""
+        if not self.closing.is_set():
+            self.close_reason = reason
+            self.closing.set()
+
+
+class RegisterService(gateway_service_connect.GatewayService):
+    """Implements GatewayService and follows registry removals to close dead streams."""
+
+    def __init__(self, registry: Registry, config: GatewayConfig) -> None:
+        self._registry = registry
+        self._api_key = config.api_key
+        self._heartbeat = config.heartbeat
+        self._sessions: dict[str, _Session] = {}
+        self._draining = False
+
+    # --- GatewayService --------------------------------------------------------------
+    async def register(
+        self,
+        request: AsyncIterator[SubsystemMessage],
+        ctx: RequestContext[SubsystemMessage, GatewayMessage],
+    ) -> AsyncIterator[GatewayMessage]:
+        registration = await _first_register_request(request)
+        if self._draining:
+            raise ConnectError(
+                Code.UNAVAILABLE, "the gateway is shutting down; register again shortly"
+            )
+        if not self._api_key_matches(registration.api_key):
+            log.info(
+                "subsystem rejected: id=%s name=%s endpoint=%s reason=invalid API key",
+                registration.subsystem_id,
+                registration.subsystem_name,
+                registration.flowwatch_endpoint,
+            )
+            yield GatewayMessage(
+                registered=RegisterResponse(accepted=False, reject_reason="invalid API key")
+            )
+            raise ConnectError(Code.UNAUTHENTICATED, "invalid API key")
+        validate_register_request(registration)
+
+        instance = self._registry.register(registration)
+        session = self._open_session(instance)
+        log.info(
+            "subsystem registered: id=%s name=%s endpoint=%s registration=%s workflows=%d",
+            instance.id,
+            instance.name,
+            instance.endpoint,
+            instance.registration_id,
+            len(instance.workflows),
+        )
+        reader = asyncio.create_task(self._read_pongs(request, session))
+        try:
+            yield GatewayMessage(
+                registered=RegisterResponse(
+                    accepted=True, heartbeat_interval=_duration(self._heartbeat)
+                )
+            )
+            while not session.closing.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(session.closing.wait(), self._heartbeat)
+                if not session.closing.is_set():
+                    yield GatewayMessage(ping=Heartbeat(timestamp=_now()))
+            if session.close_reason is not None:
+                yield GatewayMessage(disconnect=DisconnectCommand(reason=session.close_reason))
+        finally:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+            self._end_session(session, instance)
+
+    # --- RegistryListener ------------------------------------------------------------
+    def subsystem_registered(self, instance: SubsystemInstance) -> None:
+        """Nothing to do: the Register handler itself opened the session."""
+
+    def subsystem_removed(self, instance: SubsystemInstance) -> None:
+        """A hung subsystem removed after the grace period still holds a stream: end it."""
+        session = self._sessions.get(instance.id)
+        if session is not None and session.epoch == instance.epoch:
+            session.close(REASON_EXPIRED)
+
+    # --- shutdown --------------------------------------------------------------------
+    @property
+    def open_streams(self) -> int:
+        return len(self._sessions)
+
+    def start_draining(self) -> None:
+        """From now on refuse registrations: a subsystem told to leave must not rejoin here."""
+        self._draining = True
+
+    async def disconnect_all(self, reason: str, *, flush_timeout: float) -> None:
+        """Send every connected subsystem a DisconnectCommand and wait for the streams to end.
+
+        Waiting (bounded by `flush_timeout`) lets the messages reach the subsystems
+        before the server closes the connections.
+        """
+        sessions = list(self._sessions.values())
+        for session in sessions:
+            session.close(reason)
+        if sessions:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    asyncio.gather(*(s.finished.wait() for s in sessions)), flush_timeout
+                )
+        log.info("disconnected %d subsystem stream(s): %s", len(sessions), reason)
+
+    # --- internals -------------------------------------------------------------------
+    def _api_key_matches(self, presented: str) -> bool:
+        if not self._api_key:
+            return True
+        return hmac.compare_digest(presented.encode(), self._api_key.encode())
+
+    def _open_session(self, instance: SubsystemInstance) -> _Session:
+        previous = self._sessions.get(instance.id)
+        if previous is not None:
+            previous.close(REASON_REPLACED)
+        session = _Session(instance)
+        self._sessions[instance.id] = session
+        return session
+
+    def _end_session(self, session: _Session, instance: SubsystemInstance) -> None:
+        if self._sessions.get(session.subsystem_id) is session:
+            del self._sessions[session.subsystem_id]
+        session.finished.set()
+        if self._registry.mark_stale(session.subsystem_id, session.epoch):
+            log.info(
+                "subsystem stale: id=%s name=%s endpoint=%s reason=register stream ended",
+                instance.id,
+                instance.name,
+                instance.endpoint,
+            )
+
+    async def _read_pongs(
+        self, request: AsyncIterator[SubsystemMessage], session: _Session
+    ) -> None:
+        """Record each pong; the stream ending (or failing) ends the session."""
+        try:
+            async for message in request:
+                kind = message.WhichOneof("msg")
+                if kind == "pong":
+                    if not self._registry.record_heartbeat(session.subsystem_id, session.epoch):
+                        session.close(REASON_EXPIRED)
+                        return
+                else:
+                    log.warning(
+                        "ignoring %s on the register stream of %s: only pongs may follow "
+                        "the RegisterRequest",
+                        kind or "an empty message",
+                        session.subsystem_id,
+                    )
+        except ConnectError as exc:
+            log.debug("register stream of %s ended: %s", session.subsystem_id, exc)
+        except Exception as exc:
+            log.debug("register stream of %s failed: %r", session.subsystem_id, exc)
+        session.close(None)
+
+
+async def _first_register_request(request: AsyncIterator[SubsystemMessage]) -> RegisterRequest:
+    try:
+        first = await anext(request)
+    except StopAsyncIteration:
+        raise ConnectError(
+            Code.INVALID_ARGUMENT,
+            "the Register stream ended before a RegisterRequest: send "
+            "SubsystemMessage{register: ...} as the first message",
+        ) from None
+    kind = first.WhichOneof("msg")
+    if kind != "register":
+        raise ConnectError(
+            Code.INVALID_ARGUMENT,
+            f"expected a RegisterRequest as the first message on the Register stream, "
+            f"got {kind or 'an empty message'}",
+        )
+    return first.register
+
+
+def _duration(seconds: float) -> Duration:
+    duration = Duration()
+    duration.FromNanoseconds(round(seconds * 1e9))
+    return duration
+
+
+def _now() -> Timestamp:
+    stamp = Timestamp()
+    stamp.GetCurrentTime()
+    return stamp
+
+
+def gateway_asgi_app(
+    service: RegisterService,
+) -> gateway_service_connect.GatewayServiceASGIApplication:
+    """The Connect ASGI app for GatewayService, to be mounted at its `.path`."""
+    return gateway_service_connect.GatewayServiceASGIApplication(service)

@@ -1,0 +1,203 @@
+"""Running the gateway app under a real server: pyvoy (Envoy, default) or uvicorn.
+
+pyvoy runs the ASGI app inside an Envoy child process, loading it by the string
+ASGI_APP; this process only supervises it. The validated configuration reaches the
+child as environment variables (GatewayConfig.to_env).
+
+Shutdown: Envoy resets every open stream as soon as it gets SIGTERM, before the app's
+lifespan shutdown runs, so a DisconnectCommand sent from there is lost. On
+SIGTERM/SIGINT this process therefore first asks the app to drain over a private
+Unix socket (control.py): it refuses new registrations and sends DisconnectCommand
+on every Register stream; then Envoy is stopped.
+
+Envoy settings that matter for the long-lived Register stream: pyvoy's single-app
+config has no router filter, so no route timeout (Envoy's 15 s default) applies; the
+connection manager's stream idle timeout (5 min by default) is raised to stay well
+above the heartbeat, since pings are the only traffic on an idle Register stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import signal
+import ssl
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from pyvoy import LogLevel, PyvoyServer, StartupError
+
+from flowwatch_gateway.config import GatewayConfig
+from flowwatch_gateway.control import CONTROL_SOCKET_ENV, request_drain
+
+log = logging.getLogger(__name__)
+
+ASGI_APP = "flowwatch_gateway.asgi:app"
+HCM_TYPE = (
+    "type.googleapis.com/"
+    "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+)
+ENVOY_DEFAULT_STREAM_IDLE_TIMEOUT = 300.0
+# A Register stream is idle between pings; allow several missed ones before Envoy cuts it.
+IDLE_TIMEOUT_HEARTBEATS = 6
+UVICORN_GRACEFUL_SHUTDOWN_SECONDS = 3
+# Upper bound for the app to send DisconnectCommands before Envoy is stopped regardless.
+DRAIN_TIMEOUT_SECONDS = 5.0
+
+_ENVOY_LOG_LEVELS: dict[str, LogLevel] = {
+    "debug": "info",  # Envoy's own debug output is far too chatty for application debugging
+    "info": "warning",
+    "warning": "warning",
+    "error": "error",
+    "critical": "critical",
+}
+
+
+def configure_logging(level: str) -> None:
+    """One log format for the supervisor and the app inside Envoy (both write to stderr)."""
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+
+
+def stream_idle_timeout(heartbeat: float) -> float:
+    """Seconds Envoy lets a stream go without traffic; never below Envoy's default."""
+    return max(ENVOY_DEFAULT_STREAM_IDLE_TIMEOUT, heartbeat * IDLE_TIMEOUT_HEARTBEATS)
+
+
+def tune_envoy_config(config: dict[str, Any], *, heartbeat: float) -> dict[str, Any]:
+    """Set the stream timeouts of every HTTP connection manager for long-lived streams."""
+    for listener in config.get("static_resources", {}).get("listeners", []):
+        for chain in listener.get("filter_chains", []):
+            for network_filter in chain.get("filters", []):
+                typed = network_filter.get("typed_config", {})
+                if typed.get("@type") == HCM_TYPE:
+                    typed["stream_idle_timeout"] = f"{stream_idle_timeout(heartbeat):.3f}s"
+                    # No overall deadline for a request: Register lives as long as it is healthy.
+                    typed["request_timeout"] = "0s"
+    return config
+
+
+class GatewayEnvoyServer(PyvoyServer):
+    """PyvoyServer with the Envoy tuning Register streams need."""
+
+    def __init__(self, app: str, *, heartbeat: float, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self._heartbeat = heartbeat
+
+    def get_envoy_config(self) -> dict[str, Any]:
+        return tune_envoy_config(super().get_envoy_config(), heartbeat=self._heartbeat)
+
+
+def envoy_server(config: GatewayConfig, control_socket: str) -> GatewayEnvoyServer:
+    """The Envoy child for `config`: HTTP/1.1 + h2c on one port, or TLS with ALPN h2."""
+    return GatewayEnvoyServer(
+        ASGI_APP,
+        heartbeat=config.heartbeat,
+        address=config.host,
+        port=config.port,
+        tls_cert=config.tls_cert,
+        tls_key=config.tls_key,
+        tls_ca_cert=config.tls_client_ca,
+        tls_require_client_certificate=True,
+        tls_enable_http3=False,
+        lifespan=True,
+        # One event loop: the registry is owned by a single loop, not shared by threads.
+        worker_threads=1,
+        log_level=_ENVOY_LOG_LEVELS[config.log_level],
+        env={**config.to_env(), CONTROL_SOCKET_ENV: control_socket},
+        stdout=None,
+        stderr=None,
+    )
+
+
+async def serve_pyvoy(config: GatewayConfig) -> int:
+    """Run Envoy until SIGTERM/SIGINT (exit 0) or until it dies on its own (exit 1)."""
+    with tempfile.TemporaryDirectory(prefix="flowwatch-gateway-") as private_dir:
+        return await _supervise_envoy(config, str(Path(private_dir) / "control.sock"))
+
+
+async def _supervise_envoy(config: GatewayConfig, control_socket: str) -> int:
+    server = envoy_server(config, control_socket)
+    stop_requested = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop_requested.set)
+    try:
+        await server.start()
+    except StartupError:
+        log.error("Envoy failed to start on %s; see its log lines above", config.addr)
+        return 1
+    scheme = "https" if config.tls_enabled else "http"
+    log.info(
+        "flowwatch-gateway listening on %s://%s:%d (pyvoy: HTTP/1.1, HTTP/2%s)",
+        scheme,
+        server.listener_address,
+        server.listener_port,
+        ", mTLS" if config.tls_client_ca else "",
+    )
+    envoy_exit = asyncio.create_task(server.wait())
+    stop = asyncio.create_task(stop_requested.wait())
+    await asyncio.wait({envoy_exit, stop}, return_when=asyncio.FIRST_COMPLETED)
+    stop.cancel()
+    if not stop_requested.is_set():
+        log.error("Envoy exited unexpectedly with status %s", envoy_exit.result())
+        return 1
+    log.info("stopping: disconnecting subsystems")
+    await request_drain(control_socket, within=DRAIN_TIMEOUT_SECONDS)
+    await server.stop()
+    status = await envoy_exit
+    if status != 0:
+        log.warning("Envoy exited with status %s during shutdown", status)
+    log.info("stopped")
+    return 0
+
+
+def serve_uvicorn(config: GatewayConfig) -> int:
+    """Serve the same app under uvicorn (HTTP/1.1 only)."""
+    import uvicorn
+
+    from flowwatch_gateway.app import create_app
+
+    log.warning(
+        "uvicorn serves HTTP/1.1 only: gRPC and the HTTP/2 Register stream do not work, "
+        "so subsystems cannot register; use --server pyvoy for a real deployment"
+    )
+    options: dict[str, Any] = {}
+    if config.tls_cert is not None and config.tls_key is not None:
+        options["ssl_certfile"] = str(config.tls_cert)
+        options["ssl_keyfile"] = str(config.tls_key)
+    if config.tls_client_ca is not None:
+        options["ssl_ca_certs"] = str(config.tls_client_ca)
+        options["ssl_cert_reqs"] = ssl.CERT_REQUIRED
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(config),
+            host=config.host,
+            port=config.port,
+            lifespan="on",
+            log_config=None,
+            timeout_graceful_shutdown=UVICORN_GRACEFUL_SHUTDOWN_SECONDS,
+            **options,
+        )
+    )
+    server.run()
+    return 0 if server.started else 1
+
+
+def serve(config: GatewayConfig) -> int:
+    """Serve until stopped; returns the process exit status."""
+    try:
+        if config.server == "uvicorn":
+            return serve_uvicorn(config)
+        return asyncio.run(serve_pyvoy(config))
+    finally:
+        # pyqwest can abort during interpreter finalization; collecting its objects
+        # while the runtime is still intact avoids that.
+        gc.collect()

@@ -1,0 +1,400 @@
+"""Test harness: real gateway processes and real subsystem clients on loopback.
+
+Use from tests:
+
+    from harness import start_gateway, register_client, list_subsystem_states
+
+    with start_gateway("--heartbeat", "200ms", "--grace-period", "1s") as gw:
+        ...                      # gw.url, gw.port, gw.proc, gw.logs()
+        assert gw.stop() == 0    # SIGTERM, wait, exit status
+
+Run as a script it is a minimal subsystem that registers, answers pings and prints
+each event on stdout (for tests that need a subsystem in its own process, to kill or
+freeze it):
+
+    python tests/harness.py subsystem --gateway URL --id ID [--endpoint URL] [--api-key K]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import gc
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any
+
+import httpx
+import pyqwest
+from connectrpc.protocol import ProtocolType
+
+from flowwatch_gateway.gen.flowwatch.v1 import (
+    gateway_service_connect,
+    gateway_service_pb2,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+STARTUP_TIMEOUT = 30.0
+
+
+def free_port() -> int:
+    """A TCP port that was free a moment ago on 127.0.0.1."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """os.environ without GATEWAY_*/UI_ORIGIN (so the developer's shell cannot leak in)."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith("GATEWAY_") and key != "UI_ORIGIN"
+    }
+    env.update(extra or {})
+    return env
+
+
+class GatewayProcess:
+    """A `flowwatch-gateway serve` subprocess in its own process group.
+
+    The group matters: under pyvoy the gateway has an Envoy child, and teardown must
+    not leave it behind.
+    """
+
+    def __init__(self, command: list[str], env: Mapping[str, str], port: int) -> None:
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.command = command
+        self._log_file: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 - see close()
+        self.proc = subprocess.Popen(
+            command,
+            env=dict(env),
+            cwd=ROOT,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def logs(self) -> str:
+        """Everything the gateway (and Envoy) wrote so far."""
+        self._log_file.flush()
+        self._log_file.seek(0)
+        return self._log_file.read().decode(errors="replace")
+
+    def wait_ready(self, timeout: float = STARTUP_TIMEOUT) -> None:
+        """Poll /readyz until 200; fail with the logs if the process dies or never gets ready."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"gateway exited with {self.proc.returncode} before it was ready:\n"
+                    + self.logs()
+                )
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{self.url}/readyz", timeout=1.0).status_code == 200:
+                    return
+            time.sleep(0.1)
+        raise RuntimeError(f"gateway not ready after {timeout}s:\n{self.logs()}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        """Send `sig` to the gateway process and return its exit status."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group (gateway and Envoy); safe to call twice."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(5)
+
+    def close(self) -> None:
+        self.kill()
+        self._log_file.close()
+
+    def __enter__(self) -> GatewayProcess:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc is not None:
+            print(f"--- gateway logs ---\n{self.logs()}", file=sys.stderr)
+        self.close()
+
+
+def start_gateway(
+    *args: str,
+    env: Mapping[str, str] | None = None,
+    server: str = "pyvoy",
+    port: int | None = None,
+    wait: bool = True,
+) -> GatewayProcess:
+    """Start `flowwatch-gateway serve --addr 127.0.0.1:PORT --server SERVER ARGS...`.
+
+    Waits for /readyz unless wait=False. Use as a context manager so the process group
+    is killed on teardown whatever happens.
+    """
+    port = port or free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "flowwatch_gateway.cli",
+        "serve",
+        "--addr",
+        f"127.0.0.1:{port}",
+        "--server",
+        server,
+        *args,
+    ]
+    gateway = GatewayProcess(command, clean_env(env), port)
+    if wait:
+        try:
+            gateway.wait_ready()
+        except BaseException:
+            gateway.close()
+            raise
+    return gateway
+
+
+# --- observing the gateway as the UI does -------------------------------------------------
+
+
+def list_subsystems(url: str) -> list[dict[str, Any]]:
+    """ListSubsystems over Connect JSON / HTTP/1.1, exactly like the FlowWatch UI calls it."""
+    response = httpx.post(
+        f"{url}/flowwatch.v1.WorkflowService/ListSubsystems",
+        json={},
+        headers={"Connect-Protocol-Version": "1"},
+        timeout=5.0,
+    )
+    response.raise_for_status()
+    subsystems: list[dict[str, Any]] = response.json().get("subsystems", [])
+    return subsystems
+
+
+def subsystem_states(url: str) -> dict[str, str]:
+    """subsystem id -> gateway.state ("connected" / "stale"), as ListSubsystems shows it."""
+    states = {}
+    for summary in list_subsystems(url):
+        subsystem = summary["subsystem"]
+        states[subsystem["id"]] = subsystem.get("metadata", {}).get("gateway.state", "")
+    return states
+
+
+def wait_for_state(url: str, subsystem_id: str, state: str | None, timeout: float = 10.0) -> float:
+    """Poll until the subsystem shows `state` (None = gone); return the seconds it took."""
+    started = time.monotonic()
+    deadline = started + timeout
+    last: dict[str, str] = {}
+    while time.monotonic() < deadline:
+        last = subsystem_states(url)
+        if last.get(subsystem_id) == state:
+            return time.monotonic() - started
+        time.sleep(0.05)
+    raise AssertionError(f"{subsystem_id} never became {state!r} in {timeout}s; last: {last}")
+
+
+async def await_state(
+    url: str, subsystem_id: str, state: str | None, within: float = 10.0
+) -> float:
+    """wait_for_state for async tests: polls in a thread so open streams keep running."""
+    return await asyncio.to_thread(wait_for_state, url, subsystem_id, state, within)
+
+
+# --- a subsystem's side of Register ------------------------------------------------------
+
+
+def register_request(
+    subsystem_id: str,
+    *,
+    endpoint: str = "http://127.0.0.1:9/flowwatch",
+    api_key: str = "",
+    name: str = "",
+    **fields: Any,
+) -> gateway_service_pb2.SubsystemMessage:
+    return gateway_service_pb2.SubsystemMessage(
+        register=gateway_service_pb2.RegisterRequest(
+            subsystem_id=subsystem_id,
+            subsystem_name=name or subsystem_id,
+            api_key=api_key,
+            flowwatch_endpoint=endpoint,
+            **fields,
+        )
+    )
+
+
+def pong() -> gateway_service_pb2.SubsystemMessage:
+    message = gateway_service_pb2.SubsystemMessage()
+    message.pong.timestamp.FromDatetime(datetime.now(UTC))
+    return message
+
+
+@dataclass
+class RegisterStream:
+    """One open Register stream: what the gateway sent, and a way to send more.
+
+    With auto_pong every ping is answered; `received` holds every GatewayMessage.
+    """
+
+    outgoing: asyncio.Queue[gateway_service_pb2.SubsystemMessage | None]
+    received: list[gateway_service_pb2.GatewayMessage] = field(default_factory=list)
+    error: BaseException | None = None
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    auto_pong: bool = True
+    _arrived: asyncio.Condition = field(default_factory=asyncio.Condition)
+
+    async def send(self, message: gateway_service_pb2.SubsystemMessage) -> None:
+        await self.outgoing.put(message)
+
+    async def close_send(self) -> None:
+        """Half-close: the subsystem will send nothing more."""
+        await self.outgoing.put(None)
+
+    def kinds(self) -> list[str]:
+        return [m.WhichOneof("msg") or "" for m in self.received]
+
+    async def wait_for(self, kind: str, count: int = 1, within: float = 10.0) -> None:
+        """Wait until `count` messages of this kind (registered/ping/disconnect) arrived."""
+
+        async def arrived() -> None:
+            async with self._arrived:
+                await self._arrived.wait_for(
+                    lambda: self.kinds().count(kind) >= count or self.done.is_set()
+                )
+
+        await asyncio.wait_for(arrived(), within)
+        if self.kinds().count(kind) < count:
+            raise AssertionError(
+                f"stream ended after {self.kinds()} before {count} x {kind}: {self.error!r}"
+            )
+
+    async def wait_done(self, within: float = 10.0) -> None:
+        await asyncio.wait_for(self.done.wait(), within)
+
+    async def _record(self, message: gateway_service_pb2.GatewayMessage) -> None:
+        self.received.append(message)
+        if self.auto_pong and message.WhichOneof("msg") == "ping":
+            await self.outgoing.put(pong())
+        async with self._arrived:
+            self._arrived.notify_all()
+
+    async def _finish(self, error: BaseException | None) -> None:
+        self.error = error
+        self.done.set()
+        async with self._arrived:
+            self._arrived.notify_all()
+
+
+def http2_client() -> pyqwest.Client:
+    """A pyqwest client speaking HTTP/2 with prior knowledge (h2c), as Register needs."""
+    return pyqwest.Client(pyqwest.HTTPTransport(http_version=pyqwest.HTTPVersion.HTTP2))
+
+
+@contextlib.asynccontextmanager
+async def register_client(
+    url: str,
+    first: gateway_service_pb2.SubsystemMessage,
+    *,
+    protocol: ProtocolType = ProtocolType.CONNECT,
+    auto_pong: bool = True,
+) -> AsyncIterator[RegisterStream]:
+    """Open a Register stream with connectrpc's generated client over HTTP/2.
+
+    Sends `first`, then whatever the test queues; leaving the block half-closes the
+    stream and waits (briefly) for it to end.
+    """
+    stream = RegisterStream(outgoing=asyncio.Queue(), auto_pong=auto_pong)
+    await stream.outgoing.put(first)
+
+    async def requests() -> AsyncIterator[gateway_service_pb2.SubsystemMessage]:
+        while (message := await stream.outgoing.get()) is not None:
+            yield message
+
+    client = gateway_service_connect.GatewayServiceClient(
+        url, http_client=http2_client(), protocol=protocol, send_compression=None
+    )
+
+    async def consume() -> None:
+        error: BaseException | None = None
+        try:
+            async for message in client.register(requests()):
+                await stream._record(message)
+        except Exception as exc:
+            error = exc
+        await stream._finish(error)
+
+    task = asyncio.create_task(consume())
+    try:
+        yield stream
+    finally:
+        await stream.close_send()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(stream.done.wait()), 3.0)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+# --- `python tests/harness.py subsystem ...` ---------------------------------------------
+
+
+async def _run_subsystem(args: argparse.Namespace) -> int:
+    first = register_request(args.id, endpoint=args.endpoint, api_key=args.api_key)
+    async with register_client(args.gateway, first) as stream:
+        seen = 0
+
+        def news() -> bool:
+            return len(stream.received) > seen or stream.done.is_set()
+
+        while True:
+            async with stream._arrived:
+                await stream._arrived.wait_for(news)
+            for message in stream.received[seen:]:
+                kind = message.WhichOneof("msg")
+                if kind == "registered":
+                    print(f"REGISTERED accepted={message.registered.accepted}", flush=True)
+                elif kind == "ping":
+                    print("PING", flush=True)
+                elif kind == "disconnect":
+                    print(f"DISCONNECT {message.disconnect.reason}", flush=True)
+            seen = len(stream.received)
+            if stream.done.is_set():
+                print(f"ENDED {stream.error!r}", flush=True)
+                return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="A minimal subsystem for gateway tests.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    subsystem = commands.add_parser("subsystem")
+    subsystem.add_argument("--gateway", required=True)
+    subsystem.add_argument("--id", required=True)
+    subsystem.add_argument("--endpoint", default="http://127.0.0.1:9/flowwatch")
+    subsystem.add_argument("--api-key", default="")
+    status = asyncio.run(_run_subsystem(parser.parse_args()))
+    gc.collect()  # pyqwest may abort during interpreter finalization otherwise
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
