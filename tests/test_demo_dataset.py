@@ -62,9 +62,7 @@ def test_runs_are_well_formed() -> None:
         assert run.HasField("finished_at") == finished
         if finished:
             assert run.finished_at.ToDatetime(tzinfo=UTC) <= NOW
-            assert run.duration.ToTimedelta() == (
-                run.finished_at.ToDatetime(tzinfo=UTC) - started
-            )
+            assert run.duration.ToTimedelta() == (run.finished_at.ToDatetime(tzinfo=UTC) - started)
         assert run.HasField("error") == (run.status == types_pb2.RUN_STATUS_FAILED)
         if run.status in (types_pb2.RUN_STATUS_RUNNING, types_pb2.RUN_STATUS_PAUSED):
             assert run.current_step
