@@ -30,7 +30,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
@@ -175,6 +175,24 @@ def start_gateway(
             gateway.close()
             raise
     return gateway
+
+
+class FakeClock:
+    """A registry Clock that moves only when told to (`advance`)."""
+
+    def __init__(self, start: datetime | None = None) -> None:
+        self._wall = start or datetime(2026, 1, 1, tzinfo=UTC)
+        self._mono = 1000.0
+
+    def now(self) -> datetime:
+        return self._wall
+
+    def monotonic(self) -> float:
+        return self._mono
+
+    def advance(self, seconds: float) -> None:
+        self._wall += timedelta(seconds=seconds)
+        self._mono += seconds
 
 
 # --- observing the gateway as the UI does -------------------------------------------------
