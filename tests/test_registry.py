@@ -95,7 +95,7 @@ def test_stale_and_back(registry: Registry, clock: FakeClock) -> None:
     assert registry.instances() == [instance]  # stale is kept, not removed
     clock.advance(1)
     assert registry.record_heartbeat("orders", instance.epoch)
-    assert instance.state is SubsystemState.CONNECTED
+    assert instance.connected
     assert instance.stale_since is None
     assert instance.last_heartbeat == clock.now()
 
