@@ -78,7 +78,7 @@ def parse_cursor(cursor: str) -> int:
     """Our cursors are decimal offsets, as in the Go FlowWatch server."""
     if cursor == "":
         return 0
-    if not cursor.isdigit():
+    if not (cursor.isascii() and cursor.isdigit()):
         raise ConnectError(
             Code.INVALID_ARGUMENT,
             f"pagination.cursor {cursor!r} is not a cursor this subsystem issued; "
