@@ -19,12 +19,14 @@ above the heartbeat, since pings are the only traffic on an idle Register stream
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import signal
 import ssl
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -163,6 +165,19 @@ def serve_uvicorn(config: GatewayConfig) -> int:
     """Serve the same app under uvicorn (HTTP/1.1 only)."""
     import uvicorn
 
+    class GatewayUvicornServer(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            # uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown, so the process
+            # would die by signal; a requested stop should exit 0, as under pyvoy.
+            signals = (signal.SIGTERM, signal.SIGINT)
+            previous = {signum: signal.signal(signum, self.handle_exit) for signum in signals}
+            try:
+                yield
+            finally:
+                for signum, handler in previous.items():
+                    signal.signal(signum, handler)
+
     from flowwatch_gateway.app import create_app
 
     log.warning(
@@ -176,7 +191,7 @@ def serve_uvicorn(config: GatewayConfig) -> int:
     if config.tls_client_ca is not None:
         options["ssl_ca_certs"] = str(config.tls_client_ca)
         options["ssl_cert_reqs"] = ssl.CERT_REQUIRED
-    server = uvicorn.Server(
+    server = GatewayUvicornServer(
         uvicorn.Config(
             create_app(config),
             host=config.host,
