@@ -128,18 +128,16 @@ def merge_trace(trace_id: str, responses: Mapping[str, wf.GetTraceResponse]) -> 
             copy.CopyFrom(span)
             spans.append(copy)
 
-    starts = {id(span): _run_start_ns(span.run) for span in spans}
-    spans.sort(key=lambda span: _span_order(starts[id(span)], span))
-    known_starts = [start for start in starts.values() if start is not None]
+    timed = sorted(((_run_start_ns(span.run), span) for span in spans), key=_span_order)
+    known_starts = [start for start, _ in timed if start is not None]
     earliest = min(known_starts) if known_starts else None
 
     latest_end: int | None = None
     subsystems: set[str] = set()
-    for span in spans:
+    for start, span in timed:
         duration = _span_duration_ns(span)
         if duration is not None and not span.HasField("duration"):
             span.duration.CopyFrom(_duration(duration))
-        start = starts[id(span)]
         if start is None or earliest is None:
             span.ClearField("offset")
         else:
@@ -151,7 +149,7 @@ def merge_trace(trace_id: str, responses: Mapping[str, wf.GetTraceResponse]) -> 
             subsystems.add(subsystem)
 
     merged = wf.GetTraceResponse(trace_id=trace_id, subsystem_count=len(subsystems))
-    merged.spans.extend(spans)
+    merged.spans.extend(span for _, span in timed)
     if earliest is not None and latest_end is not None:
         merged.total_duration.CopyFrom(_duration(latest_end - earliest))
     return merged
@@ -161,7 +159,8 @@ def _run_start_ns(run: types_pb2.Run) -> int | None:
     return run.started_at.ToNanoseconds() if run.HasField("started_at") else None
 
 
-def _span_order(start: int | None, span: wf.TraceSpan) -> tuple[bool, int, str, str, str]:
+def _span_order(timed: tuple[int | None, wf.TraceSpan]) -> tuple[bool, int, str, str, str]:
+    start, span = timed
     return (start is None, start or 0, span.span_id, span.subsystem_id, span.run.id)
 
 
