@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import grpc
 import pytest
@@ -33,7 +34,10 @@ from harness import (
     wait_for_state,
 )
 
+from flowwatch_gateway.config import GatewayConfig
 from flowwatch_gateway.gen.flowwatch.v1 import gateway_service_pb2, types_pb2
+from flowwatch_gateway.register import RegisterService
+from flowwatch_gateway.registry import Registry
 
 pytestmark = pytest.mark.anyio
 HARNESS = Path(__file__).with_name("harness.py")
@@ -314,3 +318,19 @@ def test_sigterm_disconnects_subsystems_and_exits_zero() -> None:
         assert "DISCONNECT gateway shutting down" in output, output + gateway.logs()
         assert status == 0, gateway.logs()
         assert proc.returncode == 0
+
+
+async def test_a_draining_gateway_refuses_new_registrations() -> None:
+    """In-process: once draining, a subsystem told to leave cannot rejoin this instance."""
+    registry = Registry()
+    service = RegisterService(registry, GatewayConfig())
+    service.start_draining()
+
+    async def requests() -> AsyncIterator[gateway_service_pb2.SubsystemMessage]:
+        yield register_request("late")
+
+    with pytest.raises(ConnectError) as info:
+        async for _ in service.register(requests(), cast(Any, None)):
+            pass
+    assert info.value.code == Code.UNAVAILABLE
+    assert registry.get("late") is None
