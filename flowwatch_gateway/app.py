@@ -20,8 +20,8 @@ from starlette.routing import BaseRoute, Mount, Route
 from flowwatch_gateway.adapter import APPROXIMATE_HEADER, PARTIAL_FAILURE_HEADER
 from flowwatch_gateway.config import GatewayConfig
 from flowwatch_gateway.control import serve_control_socket
-from flowwatch_gateway.gateway import GatewayAdapter
 from flowwatch_gateway.health import HealthMonitor
+from flowwatch_gateway.proxy import GatewayAdapter
 from flowwatch_gateway.register import REASON_SHUTDOWN, RegisterService, gateway_asgi_app
 from flowwatch_gateway.registry import Clock, Registry
 from flowwatch_gateway.services import flowwatch_routes

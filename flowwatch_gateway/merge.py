@@ -46,9 +46,9 @@ META_STATE = "gateway.state"
 META_LAST_HEARTBEAT = "gateway.last_heartbeat"
 META_ENDPOINT = "gateway.endpoint"
 META_STALE_SINCE = "gateway.stale_since"
+META_ANSWERED = "gateway.answered"
+META_REGISTRATION = "gateway.registration"
 
-STATE_STALE = "stale"
-STATE_UNREACHABLE = "unreachable"
 STATE_UNKNOWN = "unknown"
 
 
@@ -192,6 +192,7 @@ class InstanceView:
     registered_at: datetime | None = None
     workflow_count: int = 0
     metadata: Mapping[str, str] = field(default_factory=dict)
+    registration_id: str = ""  # "id#epoch": tells a re-registration from the one before
 
 
 def merge_subsystems(
@@ -206,13 +207,14 @@ def merge_subsystems(
     worst one is the safe thing to show. Name, description and other fields come
     from the first instance (by id); metadata is the union, first instance wins.
 
-    Metadata added: `gateway.instance`, `gateway.state`, `gateway.last_heartbeat`
-    (RFC 3339), `gateway.endpoint` - comma-separated and aligned when several
-    instances stand behind one subsystem - and `gateway.stale_since` when known.
-    A registered instance that did not answer (or whose answer did not mention it)
-    is never hidden: it joins the entry with its own id, or gets an entry built
-    from the registry, with state "stale" or "unreachable" when it did not answer.
-    Sorted by subsystem id.
+    Metadata added: `gateway.instance`, `gateway.registration` (id#epoch),
+    `gateway.state` (the registration's state:
+    connected or stale), `gateway.answered` (whether the instance answered this
+    call), `gateway.last_heartbeat` (RFC 3339), `gateway.endpoint` - comma-separated
+    and aligned when several instances stand behind one subsystem - and
+    `gateway.stale_since` when known. A registered instance that did not answer (or
+    whose answer did not mention it) is never hidden: it joins the entry with its
+    own id, or gets an entry built from the registry. Sorted by subsystem id.
     """
     views = {view.instance_id: view for view in instances}
     groups: dict[str, list[tuple[str, wf.SubsystemSummary]]] = {}
@@ -293,28 +295,25 @@ def _annotate(
     views: Mapping[str, InstanceView],
     answered: set[str],
 ) -> None:
-    states, heartbeats, endpoints, stale_since = [], [], [], []
+    states, answers, heartbeats, endpoints, stale_since = [], [], [], [], []
+    registrations = []
     for instance_id in member_ids:
         view = views.get(instance_id)
-        states.append(_gateway_state(view, instance_id in answered))
+        registrations.append(view.registration_id if view else "")
+        states.append(view.state if view else STATE_UNKNOWN)
+        answers.append("true" if instance_id in answered else "false")
         heartbeats.append(_rfc3339(view.last_heartbeat) if view and view.last_heartbeat else "")
         endpoints.append(view.endpoint if view else "")
         stale_since.append(_rfc3339(view.stale_since) if view and view.stale_since else "")
     metadata = summary.subsystem.metadata
     metadata[META_INSTANCE] = ",".join(member_ids)
     metadata[META_STATE] = ",".join(states)
+    metadata[META_ANSWERED] = ",".join(answers)
+    metadata[META_REGISTRATION] = ",".join(registrations)
     metadata[META_LAST_HEARTBEAT] = ",".join(heartbeats)
     metadata[META_ENDPOINT] = ",".join(endpoints)
     if any(stale_since):
         metadata[META_STALE_SINCE] = ",".join(stale_since)
-
-
-def _gateway_state(view: InstanceView | None, answered: bool) -> str:
-    if answered:
-        return view.state if view else STATE_UNKNOWN
-    if view is not None and (view.state == STATE_STALE or view.stale_since is not None):
-        return STATE_STALE
-    return STATE_UNREACHABLE
 
 
 def _rfc3339(moment: datetime) -> str:

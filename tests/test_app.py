@@ -7,7 +7,6 @@ import pytest
 from conftest import TEST_API_KEY
 from harness import GatewayProcess, register_client, register_request
 
-from flowwatch_gateway.gateway import merge_capabilities
 from flowwatch_gateway.gen.flowwatch.v1 import types_pb2
 
 pytestmark = pytest.mark.anyio
@@ -103,42 +102,8 @@ async def test_get_subsystem_and_capabilities_come_from_the_registry(
     assert "'nobody'" in missing.json()["message"]
 
 
-def test_rpcs_the_proxy_does_not_serve_yet_are_unimplemented(fast_gateway: GatewayProcess) -> None:
+def test_list_runs_without_subsystems_is_unavailable(fast_gateway: GatewayProcess) -> None:
     response = post(fast_gateway.url, "RunService/ListRuns", {})
-    assert response.json()["code"] == "unimplemented"
-
-
-def test_merge_capabilities_is_a_union() -> None:
-    merged = merge_capabilities(
-        [
-            types_pb2.Capabilities(
-                retry_run=True,
-                search=types_pb2.SearchCapabilities(
-                    enabled=True, engine="sqlite", scopes=["runs", "logs"], max_results=50
-                ),
-            ),
-            types_pb2.Capabilities(
-                pause_run=True,
-                search=types_pb2.SearchCapabilities(
-                    enabled=True,
-                    engine="opensearch",
-                    scopes=["logs", "payloads"],
-                    max_results=500,
-                    log_retention_days=7,
-                ),
-            ),
-            types_pb2.Capabilities(
-                search=types_pb2.SearchCapabilities(enabled=False, engine="ignored")
-            ),
-        ]
-    )
-    assert merged.retry_run and merged.pause_run and not merged.cancel_run
-    assert merged.search.enabled
-    assert merged.search.engine == "opensearch, sqlite"
-    assert list(merged.search.scopes) == ["runs", "logs", "payloads"]
-    assert merged.search.max_results == 500
-    assert merged.search.log_retention_days == 7
-
-
-def test_merge_of_nothing_offers_nothing() -> None:
-    assert merge_capabilities([]) == types_pb2.Capabilities()
+    assert response.status_code == 503
+    assert response.json()["code"] == "unavailable"
+    assert "no subsystem is connected" in response.json()["message"]

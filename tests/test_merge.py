@@ -222,7 +222,8 @@ def test_subsystems_merge_counts_and_never_hide_silent_instances() -> None:
     assert shipping.subsystem.metadata["gateway.stale_since"] == "2026-11-27T12:00:05.000Z"
 
     audit = by_id["audit"]
-    assert audit.subsystem.metadata["gateway.state"] == "unreachable"
+    assert audit.subsystem.metadata["gateway.state"] == "connected"
+    assert audit.subsystem.metadata["gateway.answered"] == "false"
     assert audit.subsystem.created_at.ToDatetime(tzinfo=UTC) == stale_since
 
 
@@ -234,7 +235,8 @@ def test_silent_instance_joins_the_entry_others_report_for_its_id() -> None:
     assert len(merged.subsystems) == 1
     meta = merged.subsystems[0].subsystem.metadata
     assert meta["gateway.instance"] == "gateway-side,orders"
-    assert meta["gateway.state"] == "connected,unreachable"
+    assert meta["gateway.state"] == "connected,connected"
+    assert meta["gateway.answered"] == "true,false"
 
 
 # --------------------------------------------------------------------------- capabilities

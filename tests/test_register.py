@@ -78,7 +78,7 @@ async def test_register_is_accepted_and_pings_are_answered(
         assert metadata["team"] == "payments"
         assert metadata["gateway.endpoint"] == "http://127.0.0.1:9/flowwatch"
         assert metadata["gateway.last_heartbeat"].endswith("Z")
-        assert metadata["gateway.instance"].startswith(f"{sid}#")
+        assert metadata["gateway.registration"].startswith(f"{sid}#")
     # Closing the stream makes the subsystem stale at once (no need to wait for heartbeats).
     await await_state(fast_gateway.url, sid, "stale", within=2 * HEARTBEAT + 1)
 
@@ -203,11 +203,11 @@ async def test_reregistration_replaces_old_stream_and_survives_its_end(
             await new.wait_for("ping", count=5, within=5)
             assert subsystem_states(url)[sid] == "connected"
             instances = {
-                s["subsystem"]["id"]: s["subsystem"]["metadata"]["gateway.instance"]
+                s["subsystem"]["id"]: s["subsystem"]["metadata"]["gateway.registration"]
                 for s in list_subsystems(url)
             }
             assert instances[sid] not in [
-                s["subsystem"]["metadata"]["gateway.instance"] for s in old_instance
+                s["subsystem"]["metadata"]["gateway.registration"] for s in old_instance
             ]
 
 
