@@ -1,0 +1,679 @@
+"""The subsystem side of GatewayService.Register: join a gateway and stay joined.
+
+`connect_to_gateway` is what a Python FlowWatch subsystem runs next to its own
+FlowWatch API: it dials the gateway over HTTP/2, announces itself (RegisterRequest),
+answers every ping with a pong, and reconnects whenever the stream ends, until it is
+cancelled. What it announces (workflows, capabilities, metadata) is read from the
+subsystem's own FlowWatch API before every attempt unless the caller fixes it, so a
+reconnect always shows the gateway the current state.
+
+Retry policy: failures back off exponentially with full jitter (1 s -> 30 s by
+default), a DisconnectCommand reconnects after the initial delay, and a rejection
+(bad API key, bad registration) waits the maximum delay every time, because retrying
+faster cannot fix it and would only load the gateway.
+
+connectrpc turns a cancelled call into ConnectError(CANCELED), so cancellation is
+never delivered into a call here: the stream runs in a child task, and the cancelled
+parent half-closes the stream (the gateway sees a clean end) before it re-raises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import gc
+import logging
+import random
+import threading
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum, StrEnum
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import pyqwest
+from connectrpc.code import Code
+from connectrpc.errors import ConnectError
+from connectrpc.protocol import ProtocolType
+
+from flowwatch_gateway.gen.flowwatch.v1 import (
+    gateway_service_connect,
+    gateway_service_pb2,
+    types_pb2,
+    workflow_service_connect,
+)
+from flowwatch_gateway.gen.flowwatch.v1 import (
+    workflow_service_pb2 as wf,
+)
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Pages of ListWorkflows fetched before giving up on a subsystem that never stops paging.
+MAX_WORKFLOW_PAGES = 1000
+WORKFLOW_PAGE_SIZE = 100
+# A gateway that stays silent for this many heartbeat intervals (plus slack for
+# scheduling) is treated as gone, e.g. behind a half-open TCP connection.
+MISSED_PINGS_BEFORE_RECONNECT = 3
+SILENCE_SLACK_SECONDS = 1.0
+# How long a cancelled client waits for the gateway to end the half-closed stream.
+CLOSE_TIMEOUT_SECONDS = 2.0
+# Error codes that mean "this registration will never be accepted as it is".
+REJECTION_CODES = frozenset({Code.UNAUTHENTICATED, Code.PERMISSION_DENIED, Code.INVALID_ARGUMENT})
+
+
+# --- retry policy (pure) -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Reconnect delays; injectable so tests can run the whole policy in milliseconds."""
+
+    initial: float = 1.0
+    maximum: float = 30.0
+    multiplier: float = 2.0
+    # A connection accepted and alive this long resets the failure count.
+    stable_after: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.initial <= self.maximum:
+            raise ValueError(
+                f"backoff needs 0 < initial <= maximum, got initial={self.initial}s "
+                f"maximum={self.maximum}s"
+            )
+        if self.multiplier < 1:
+            raise ValueError(f"backoff multiplier must be at least 1, got {self.multiplier}")
+        if self.stable_after < 0:
+            raise ValueError(f"backoff stable_after must not be negative, got {self.stable_after}")
+
+    def ceiling(self, failures: int) -> float:
+        """The largest delay after `failures` consecutive failures (0 = the first one)."""
+        # Cap the exponent: a long outage must not overflow the float.
+        return min(self.maximum, self.initial * self.multiplier ** min(failures, 64))
+
+    def failure_delay(self, failures: int, rng: random.Random) -> float:
+        """Full jitter: anywhere in [0, ceiling], so many subsystems do not retry in step."""
+        return rng.uniform(0.0, self.ceiling(failures))
+
+
+# --- what callers can observe ------------------------------------------------------------
+
+
+class ConnectionState(StrEnum):
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    REJECTED = "rejected"
+    BACKING_OFF = "backing_off"
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True)
+class ClientStatus:
+    """One state change of the connection, as passed to `on_state_change`.
+
+    `attempt` counts connection attempts since start (1 = the first); `reason` says
+    why the gateway rejected or why the last connection ended; `delay` is the wait
+    before the next attempt while backing off; `heartbeat_interval` is what the
+    gateway announced when it accepted.
+    """
+
+    state: ConnectionState
+    attempt: int = 0
+    reason: str = ""
+    delay: float = 0.0
+    heartbeat_interval: float = 0.0
+
+
+StateCallback = Callable[[ClientStatus], None]
+
+
+# --- options -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClientOptions:
+    """How to reach the gateway and what to tell it.
+
+    `workflows`, `capabilities` and `metadata` left as None are read from the
+    subsystem's own FlowWatch API at `local_endpoint` before every attempt (so are
+    `name` and `description` when empty). `http_client` carries the Register stream
+    and must speak HTTP/2 (default: prior knowledge for http://, ALPN for https://);
+    `local_http_client` calls the local API (default: HTTP/1.1, ALPN for https://).
+    """
+
+    gateway_url: str
+    subsystem_id: str
+    local_endpoint: str
+    api_key: str = field(default="", repr=False)
+    name: str = ""
+    description: str = ""
+    workflows: Sequence[types_pb2.WorkflowDefinition] | None = None
+    capabilities: types_pb2.Capabilities | None = None
+    metadata: Mapping[str, str] | None = None
+    http_client: pyqwest.Client | None = field(default=None, repr=False)
+    local_http_client: pyqwest.Client | None = field(default=None, repr=False)
+    backoff: Backoff = field(default_factory=Backoff)
+    on_state_change: StateCallback | None = field(default=None, repr=False)
+    # Seconds to wait for the gateway's RegisterResponse, and per local API call.
+    register_timeout: float = 10.0
+    local_timeout: float = 5.0
+
+    def __post_init__(self) -> None:
+        if not self.subsystem_id.strip():
+            raise ValueError("subsystem_id is required (the id the gateway lists this under)")
+        for name, url in (
+            ("gateway_url", self.gateway_url),
+            ("local_endpoint", self.local_endpoint),
+        ):
+            problem = _url_problem(url)
+            if problem:
+                raise ValueError(
+                    f"{name} must be an absolute http(s) URL such as http://127.0.0.1:8091, "
+                    f"got {url!r}: {problem}"
+                )
+        if self.register_timeout <= 0 or self.local_timeout <= 0:
+            raise ValueError(
+                f"timeouts must be greater than 0, got register_timeout={self.register_timeout} "
+                f"local_timeout={self.local_timeout}"
+            )
+
+
+def _url_problem(url: str) -> str:
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # raises ValueError on a malformed port
+    except ValueError as exc:
+        return str(exc)
+    if parts.scheme not in ("http", "https"):
+        return "scheme must be http or https"
+    if not parts.hostname:
+        return "no host"
+    return ""
+
+
+def _base_url(url: str) -> str:
+    return url.rstrip("/")
+
+
+def default_gateway_transport(gateway_url: str) -> pyqwest.HTTPTransport:
+    """HTTP/2 for Register: prior knowledge on plaintext, negotiated by ALPN over TLS."""
+    if urlsplit(gateway_url).scheme == "https":
+        return pyqwest.HTTPTransport(tls_include_system_certs=True)
+    return pyqwest.HTTPTransport(http_version=pyqwest.HTTPVersion.HTTP2)
+
+
+def default_local_transport() -> pyqwest.HTTPTransport:
+    """Plain unary calls to the local API: HTTP/1.1 works with every FlowWatch server."""
+    return pyqwest.HTTPTransport(tls_include_system_certs=True)
+
+
+# --- what the subsystem announces ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SubsystemDescription:
+    """What goes into a RegisterRequest besides identity, endpoint and key."""
+
+    name: str
+    description: str
+    metadata: dict[str, str]
+    workflows: list[types_pb2.WorkflowDefinition]
+    capabilities: types_pb2.Capabilities | None
+
+
+async def list_all_workflows(
+    client: workflow_service_connect.WorkflowServiceClient, timeout_ms: int
+) -> list[types_pb2.WorkflowDefinition]:
+    """Every page of ListWorkflows; the cursor is opaque, an empty one ends the listing."""
+    workflows: list[types_pb2.WorkflowDefinition] = []
+    cursor = ""
+    seen_cursors: set[str] = set()
+    for _ in range(MAX_WORKFLOW_PAGES):
+        request = wf.ListWorkflowsRequest()
+        request.pagination.cursor = cursor
+        request.pagination.limit = WORKFLOW_PAGE_SIZE
+        response = await client.list_workflows(request, timeout_ms=timeout_ms)
+        workflows.extend(response.workflows)
+        cursor = response.pagination.next_cursor
+        if not cursor:
+            return workflows
+        if cursor in seen_cursors:
+            raise ConnectError(
+                Code.DATA_LOSS,
+                f"ListWorkflows returned the cursor {cursor!r} twice; the listing never ends",
+            )
+        seen_cursors.add(cursor)
+    raise ConnectError(
+        Code.RESOURCE_EXHAUSTED,
+        f"ListWorkflows still had more pages after {MAX_WORKFLOW_PAGES} pages",
+    )
+
+
+async def describe_local_subsystem(
+    options: ClientOptions, http_client: pyqwest.Client
+) -> SubsystemDescription:
+    """Fill what the options leave open from the local FlowWatch API.
+
+    An rpc the local server does not implement leaves its part empty (the gateway
+    then asks the subsystem itself); any other error fails the attempt, since a
+    subsystem whose API cannot be reached is of no use to the gateway either.
+    """
+    client = workflow_service_connect.WorkflowServiceClient(
+        _base_url(options.local_endpoint),
+        http_client=http_client,
+        protocol=ProtocolType.CONNECT,
+        send_compression=None,
+    )
+    timeout_ms = round(options.local_timeout * 1000)
+
+    workflows = list(options.workflows) if options.workflows is not None else None
+    if workflows is None:
+        workflows = await _unless_unimplemented(list_all_workflows(client, timeout_ms), [])
+
+    capabilities = options.capabilities
+    if capabilities is None:
+        response: wf.GetCapabilitiesResponse | None = await _unless_unimplemented(
+            client.get_capabilities(wf.GetCapabilitiesRequest(), timeout_ms=timeout_ms), None
+        )
+        if response is not None and response.HasField("capabilities"):
+            capabilities = response.capabilities
+
+    name, description = options.name, options.description
+    metadata = dict(options.metadata) if options.metadata is not None else None
+    if metadata is None or not name or not description:
+        local = await _local_subsystem(client, options.subsystem_id, timeout_ms)
+        if local is not None:
+            name = name or local.name
+            description = description or local.description
+            if metadata is None:
+                metadata = dict(local.metadata)
+    return SubsystemDescription(
+        name=name or options.subsystem_id,
+        description=description,
+        metadata=metadata or {},
+        workflows=workflows,
+        capabilities=capabilities,
+    )
+
+
+async def _local_subsystem(
+    client: workflow_service_connect.WorkflowServiceClient, subsystem_id: str, timeout_ms: int
+) -> types_pb2.Subsystem | None:
+    try:
+        response = await client.get_subsystem(
+            wf.GetSubsystemRequest(subsystem_id=subsystem_id), timeout_ms=timeout_ms
+        )
+    except ConnectError as exc:
+        # Servers without GetSubsystem, or that know themselves under another id.
+        if exc.code in (Code.UNIMPLEMENTED, Code.NOT_FOUND):
+            return None
+        raise
+    return response.subsystem.subsystem
+
+
+async def _unless_unimplemented(call: Awaitable[T], fallback: T) -> T:
+    try:
+        return await call
+    except ConnectError as exc:
+        if exc.code == Code.UNIMPLEMENTED:
+            return fallback
+        raise
+
+
+# --- one Register stream ---------------------------------------------------------------------
+
+
+class _Ending(Enum):
+    REJECTED = "rejected"
+    DISCONNECTED = "disconnected"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class _SessionResult:
+    ending: _Ending
+    reason: str
+    stable: bool = False
+
+
+@dataclass
+class _StreamState:
+    """What the reader task learned; the supervising coroutine decides from it."""
+
+    started_at: float
+    last_message_at: float
+    accepted_at: float | None = None
+    heartbeat_interval: float = 0.0
+    ending: _Ending | None = None
+    reason: str = ""
+
+    def end(self, ending: _Ending, reason: str) -> None:
+        """Record why the stream ended; the first reason wins."""
+        if self.ending is None:
+            self.ending, self.reason = ending, reason
+
+
+class GatewayClient:
+    """Holds one subsystem's registration with a gateway; `run()` until cancelled."""
+
+    def __init__(self, options: ClientOptions, *, rng: random.Random | None = None) -> None:
+        self.options = options
+        self._rng = rng or random.Random()
+        self._status = ClientStatus(ConnectionState.STOPPED)
+        self._attempt = 0
+
+    @property
+    def status(self) -> ClientStatus:
+        return self._status
+
+    async def run(self) -> None:
+        """Register, keep the stream alive, reconnect; returns only by cancellation."""
+        options = self.options
+        backoff = options.backoff
+        failures = 0
+        try:
+            while True:
+                self._attempt += 1
+                self._set_status(ClientStatus(ConnectionState.CONNECTING, self._attempt))
+                result = await self._one_connection()
+                if result.stable:
+                    failures = 0
+                if result.ending is _Ending.REJECTED:
+                    delay = backoff.maximum
+                    log.warning(
+                        "gateway %s rejected subsystem %s: %s; trying again in %.1fs",
+                        options.gateway_url,
+                        options.subsystem_id,
+                        result.reason,
+                        delay,
+                    )
+                    self._set_status(
+                        ClientStatus(ConnectionState.REJECTED, self._attempt, result.reason)
+                    )
+                elif result.ending is _Ending.DISCONNECTED:
+                    delay = backoff.initial
+                    log.info(
+                        "gateway %s disconnected subsystem %s: %s; reconnecting in %.1fs",
+                        options.gateway_url,
+                        options.subsystem_id,
+                        result.reason,
+                        delay,
+                    )
+                else:
+                    delay = backoff.failure_delay(failures, self._rng)
+                    failures += 1
+                    log.warning(
+                        "connection of subsystem %s to gateway %s failed: %s; "
+                        "reconnecting in %.2fs",
+                        options.subsystem_id,
+                        options.gateway_url,
+                        result.reason,
+                        delay,
+                    )
+                self._set_status(
+                    ClientStatus(
+                        ConnectionState.BACKING_OFF, self._attempt, result.reason, delay=delay
+                    )
+                )
+                await asyncio.sleep(delay)
+        finally:
+            self._set_status(ClientStatus(ConnectionState.STOPPED, self._attempt))
+
+    def _set_status(self, status: ClientStatus) -> None:
+        self._status = status
+        callback = self.options.on_state_change
+        if callback is None:
+            return
+        try:
+            callback(status)
+        except Exception:
+            log.exception("on_state_change callback failed; ignoring")
+
+    async def _one_connection(self) -> _SessionResult:
+        """Describe the subsystem, then hold one Register stream until it ends."""
+        options = self.options
+        async with contextlib.AsyncExitStack() as stack:
+            local_client = options.local_http_client
+            if local_client is None:
+                transport = default_local_transport()
+                stack.push_async_callback(transport.aclose)
+                local_client = pyqwest.Client(transport)
+            try:
+                description = await describe_local_subsystem(options, local_client)
+            except ConnectError as exc:
+                _raise_if_cancelling()
+                return _SessionResult(
+                    _Ending.FAILED,
+                    f"local FlowWatch API at {options.local_endpoint} failed: "
+                    f"{exc.code.name.lower()}: {exc.message}",
+                )
+            gateway_client = options.http_client
+            if gateway_client is None:
+                # A fresh connection per attempt: never reuse one that may be half-dead.
+                transport = default_gateway_transport(options.gateway_url)
+                stack.push_async_callback(transport.aclose)
+                gateway_client = pyqwest.Client(transport)
+            return await self._hold_stream(gateway_client, self._register_request(description))
+
+    def _register_request(
+        self, description: SubsystemDescription
+    ) -> gateway_service_pb2.RegisterRequest:
+        options = self.options
+        request = gateway_service_pb2.RegisterRequest(
+            subsystem_id=options.subsystem_id,
+            subsystem_name=description.name,
+            description=description.description,
+            api_key=options.api_key,
+            flowwatch_endpoint=options.local_endpoint,
+            workflows=description.workflows,
+            metadata=description.metadata,
+        )
+        if description.capabilities is not None:
+            request.capabilities.CopyFrom(description.capabilities)
+        return request
+
+    async def _hold_stream(
+        self, http_client: pyqwest.Client, request: gateway_service_pb2.RegisterRequest
+    ) -> _SessionResult:
+        outgoing: asyncio.Queue[gateway_service_pb2.SubsystemMessage | None] = asyncio.Queue()
+        outgoing.put_nowait(gateway_service_pb2.SubsystemMessage(register=request))
+        now = time.monotonic()
+        state = _StreamState(started_at=now, last_message_at=now)
+        client = gateway_service_connect.GatewayServiceClient(
+            _base_url(self.options.gateway_url),
+            http_client=http_client,
+            protocol=ProtocolType.CONNECT,
+            send_compression=None,
+        )
+        reader = asyncio.create_task(
+            self._read_stream(client, outgoing, state), name="flowwatch-register-stream"
+        )
+        try:
+            await self._watch(reader, state)
+        except asyncio.CancelledError:
+            # Half-close so the gateway sees the stream end, give it a moment to finish.
+            outgoing.put_nowait(None)
+            await asyncio.wait({reader}, timeout=CLOSE_TIMEOUT_SECONDS)
+            raise
+        finally:
+            if not reader.done():
+                reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+        accepted_at = state.accepted_at
+        stable = (
+            accepted_at is not None
+            and time.monotonic() - accepted_at >= self.options.backoff.stable_after
+        )
+        return _SessionResult(
+            state.ending or _Ending.FAILED, state.reason or "stream ended", stable=stable
+        )
+
+    async def _watch(self, reader: asyncio.Task[None], state: _StreamState) -> None:
+        """Wait for the stream to end; cut it if the gateway goes silent."""
+        while not reader.done():
+            if state.accepted_at is None:
+                deadline = state.started_at + self.options.register_timeout
+                silence = f"no RegisterResponse within {self.options.register_timeout:g}s"
+            elif state.heartbeat_interval > 0:
+                limit = (
+                    MISSED_PINGS_BEFORE_RECONNECT * state.heartbeat_interval + SILENCE_SLACK_SECONDS
+                )
+                deadline = state.last_message_at + limit
+                silence = f"no ping from the gateway for {limit:g}s"
+            else:
+                await asyncio.wait({reader})
+                return
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                state.end(_Ending.FAILED, silence)
+                reader.cancel()
+                return
+            await asyncio.wait({reader}, timeout=remaining)
+
+    async def _read_stream(
+        self,
+        client: gateway_service_connect.GatewayServiceClient,
+        outgoing: asyncio.Queue[gateway_service_pb2.SubsystemMessage | None],
+        state: _StreamState,
+    ) -> None:
+        async def requests() -> AsyncIterator[gateway_service_pb2.SubsystemMessage]:
+            while (message := await outgoing.get()) is not None:
+                yield message
+
+        responses = client.register(requests())
+        try:
+            async for message in responses:
+                state.last_message_at = time.monotonic()
+                if self._handle(message, outgoing, state):
+                    return
+            state.end(_Ending.FAILED, "the gateway ended the register stream")
+        except ConnectError as exc:
+            if exc.code in REJECTION_CODES and state.accepted_at is None:
+                state.end(_Ending.REJECTED, exc.message)
+            else:
+                state.end(_Ending.FAILED, f"{exc.code.name.lower()}: {exc.message}")
+        except Exception as exc:
+            state.end(_Ending.FAILED, repr(exc))
+        finally:
+            if isinstance(responses, AsyncGenerator):
+                # Leaving early: release the HTTP stream now, not whenever GC runs.
+                with contextlib.suppress(Exception):
+                    await responses.aclose()
+
+    def _handle(
+        self,
+        message: gateway_service_pb2.GatewayMessage,
+        outgoing: asyncio.Queue[gateway_service_pb2.SubsystemMessage | None],
+        state: _StreamState,
+    ) -> bool:
+        """Act on one gateway message; True when the stream should be left at once."""
+        kind = message.WhichOneof("msg")
+        if kind == "ping":
+            pong = gateway_service_pb2.SubsystemMessage()
+            pong.pong.timestamp.CopyFrom(message.ping.timestamp)
+            outgoing.put_nowait(pong)
+        elif kind == "registered":
+            registered = message.registered
+            if not registered.accepted:
+                state.end(_Ending.REJECTED, registered.reject_reason or "registration rejected")
+                return True
+            state.accepted_at = time.monotonic()
+            state.heartbeat_interval = registered.heartbeat_interval.ToTimedelta().total_seconds()
+            log.info(
+                "subsystem %s registered with gateway %s (heartbeat %gs)",
+                self.options.subsystem_id,
+                self.options.gateway_url,
+                state.heartbeat_interval,
+            )
+            self._set_status(
+                ClientStatus(
+                    ConnectionState.CONNECTED,
+                    self._attempt,
+                    heartbeat_interval=state.heartbeat_interval,
+                )
+            )
+        elif kind == "disconnect":
+            state.end(_Ending.DISCONNECTED, message.disconnect.reason or "disconnected")
+            # Nothing more to say; the gateway ends its side after the command.
+            outgoing.put_nowait(None)
+        else:
+            log.warning("ignoring an unknown message on the register stream: %s", kind)
+        return False
+
+
+def _raise_if_cancelling() -> None:
+    """connectrpc reports our own cancellation as ConnectError(CANCELED): restore it."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
+async def connect_to_gateway(options: ClientOptions | None = None, **overrides: Any) -> None:
+    """Keep this subsystem registered with a gateway until the calling task is cancelled.
+
+    Pass a ClientOptions, keyword arguments naming its fields, or both (keywords
+    override). Cancellation half-closes the Register stream and re-raises.
+    """
+    if options is None:
+        options = ClientOptions(**overrides)
+    elif overrides:
+        options = dataclasses.replace(options, **overrides)
+    await GatewayClient(options).run()
+
+
+# --- for programs without an event loop ------------------------------------------------------
+
+
+class BackgroundConnection:
+    """A GatewayClient on its own event loop in a daemon thread; `stop()` ends it."""
+
+    def __init__(self, options: ClientOptions) -> None:
+        self.client = GatewayClient(options)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._started = threading.Event()
+        self._thread = threading.Thread(
+            target=self._main, name=f"flowwatch-gateway-{options.subsystem_id}", daemon=True
+        )
+        self._thread.start()
+        self._started.wait()
+
+    @property
+    def status(self) -> ClientStatus:
+        return self.client.status
+
+    def _main(self) -> None:
+        async def main() -> None:
+            self._loop = asyncio.get_running_loop()
+            self._task = asyncio.current_task()
+            self._started.set()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.client.run()
+
+        try:
+            asyncio.run(main())
+        finally:
+            self._started.set()
+            gc.collect()  # pyqwest objects must go while the runtime is still intact
+
+    def stop(self, timeout: float = 5.0) -> bool:
+        """Cancel the client (closing its stream) and wait; True if the thread ended."""
+        loop, task = self._loop, self._task
+        if loop is not None and task is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop finished meanwhile
+                loop.call_soon_threadsafe(task.cancel)
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+
+def connect_to_gateway_in_thread(
+    options: ClientOptions | None = None, **overrides: Any
+) -> BackgroundConnection:
+    """connect_to_gateway for synchronous programs: runs in a background thread."""
+    if options is None:
+        options = ClientOptions(**overrides)
+    elif overrides:
+        options = dataclasses.replace(options, **overrides)
+    return BackgroundConnection(options)
