@@ -137,9 +137,10 @@ class ClientOptions:
     """How to reach the gateway and what to tell it.
 
     `workflows`, `capabilities` and `metadata` left as None are read from the
-    subsystem's own FlowWatch API at `local_endpoint` before every attempt (so are
-    `name` and `description` when empty). `http_client` carries the Register stream
-    and must speak HTTP/2 (default: prior knowledge for http://, ALPN for https://);
+    subsystem's own FlowWatch API at `local_endpoint` before every attempt; reading
+    the metadata (GetSubsystem) also fills an empty `name` and `description`.
+    `http_client` carries the Register stream and must speak HTTP/2 (default: prior
+    knowledge for http://, ALPN for https://);
     `local_http_client` calls the local API (default: HTTP/1.1, ALPN for https://).
     """
 
@@ -282,7 +283,7 @@ async def describe_local_subsystem(
 
     name, description = options.name, options.description
     metadata = dict(options.metadata) if options.metadata is not None else None
-    if metadata is None or not name or not description:
+    if metadata is None:
         local = await _local_subsystem(client, options.subsystem_id, timeout_ms)
         if local is not None:
             name = name or local.name
