@@ -416,3 +416,60 @@ def main() -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# --- demo subsystem processes (`flowwatch-gateway subsystem`) ------------------------------
+
+
+class SubsystemProcess(GatewayProcess):
+    """A demo subsystem process: the in-memory API under pyvoy plus connect_to_gateway."""
+
+    def wait_ready(self, timeout: float = STARTUP_TIMEOUT) -> None:
+        """Poll the demo API's /healthz until 200 (registration is checked separately)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"subsystem exited with {self.proc.returncode} before serving:\n" + self.logs()
+                )
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{self.url}/healthz", timeout=1.0).status_code == 200:
+                    return
+            time.sleep(0.1)
+        raise RuntimeError(f"subsystem not serving after {timeout}s:\n{self.logs()}")
+
+
+def start_subsystem(
+    gateway_url: str,
+    subsystem_id: str,
+    *args: str,
+    api_key: str = "",
+    port: int | None = None,
+    wait: bool = True,
+) -> SubsystemProcess:
+    """Start `flowwatch-gateway subsystem --id ID --port PORT --gateway URL ARGS...`.
+
+    The API key travels in the environment, as a deployment would pass it.
+    """
+    port = port or free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "flowwatch_gateway.cli",
+        "subsystem",
+        "--id",
+        subsystem_id,
+        "--port",
+        str(port),
+        "--gateway",
+        gateway_url,
+        *args,
+    ]
+    subsystem = SubsystemProcess(command, clean_env({"FLOWWATCH_GATEWAY_API_KEY": api_key}), port)
+    if wait:
+        try:
+            subsystem.wait_ready()
+        except BaseException:
+            subsystem.close()
+            raise
+    return subsystem
