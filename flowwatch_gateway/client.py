@@ -628,7 +628,10 @@ async def connect_to_gateway(options: ClientOptions | None = None, **overrides: 
 
 
 class BackgroundConnection:
-    """A GatewayClient on its own event loop in a daemon thread; `stop()` ends it."""
+    """A GatewayClient on its own event loop in a daemon thread; `stop()` ends it.
+
+    `on_state_change` is called on that thread.
+    """
 
     def __init__(self, options: ClientOptions) -> None:
         self.client = GatewayClient(options)
