@@ -18,6 +18,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import BaseRoute, Mount, Route
 
 from flowwatch_gateway.adapter import APPROXIMATE_HEADER, PARTIAL_FAILURE_HEADER
+from flowwatch_gateway.asgi_guard import StopReadingAfterBody
 from flowwatch_gateway.config import GatewayConfig
 from flowwatch_gateway.control import serve_control_socket
 from flowwatch_gateway.health import HealthMonitor
@@ -114,6 +115,7 @@ def create_app(
     app = Starlette(
         routes=routes,
         middleware=[
+            Middleware(StopReadingAfterBody),
             Middleware(
                 CORSMiddleware,
                 allow_origins=list(config.ui_origins),
@@ -121,7 +123,7 @@ def create_app(
                 allow_headers=list(CORS_ALLOW_HEADERS),
                 expose_headers=list(CORS_EXPOSE_HEADERS),
                 max_age=CORS_MAX_AGE_SECONDS,
-            )
+            ),
         ],
         lifespan=lifespan,
     )

@@ -1,0 +1,162 @@
+"""Subsystems for proxy tests: real demo servers, a registrar, and broken endpoints.
+
+A demo server here is the in-memory FlowWatch engine served by uvicorn (HTTP/1.1
+only, so the gateway's h2c-then-HTTP/1.1 negotiation is exercised) in its own
+process. Registration is done by a separate minimal registrar process
+(`harness.py subsystem`) that, like the Go client, announces no workflows or
+capabilities, so the gateway's discovery is exercised too.
+
+    python tests/upstreams.py demo --id orders --port 9101 --seed 1 --now 2026-11-27T12:00:00+00:00
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import IO
+
+import httpx
+from harness import ROOT, clean_env, free_port
+
+HERE = Path(__file__).resolve().parent
+
+
+class Process:
+    """A child process whose output goes to a temp file; terminated on close()."""
+
+    def __init__(self, command: list[str]) -> None:
+        self.command = command
+        self._out: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 - closed in close()
+        self.proc = subprocess.Popen(
+            command, cwd=ROOT, env=clean_env(), stdout=self._out, stderr=subprocess.STDOUT
+        )
+
+    def output(self) -> str:
+        self._out.flush()
+        self._out.seek(0)
+        return self._out.read().decode(errors="replace")
+
+    def close(self) -> int | None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._out.close()
+        return self.proc.returncode
+
+
+def start_demo_server(subsystem_id: str, seed: int, now: datetime) -> tuple[Process, str]:
+    """A demo FlowWatch subsystem under uvicorn; returns (process, endpoint URL)."""
+    port = free_port()
+    proc = Process(
+        [
+            sys.executable,
+            str(HERE / "upstreams.py"),
+            "demo",
+            "--id",
+            subsystem_id,
+            "--port",
+            str(port),
+            "--seed",
+            str(seed),
+            "--now",
+            now.isoformat(),
+        ]
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.proc.poll() is not None:
+            raise RuntimeError(f"demo server {subsystem_id} exited:\n{proc.output()}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{endpoint}/healthz", timeout=1).status_code == 200:
+                return proc, endpoint
+        time.sleep(0.1)
+    proc.close()
+    raise RuntimeError(f"demo server {subsystem_id} did not start")
+
+
+def start_registrar(gateway_url: str, subsystem_id: str, endpoint: str) -> Process:
+    """Registers `endpoint` as `subsystem_id` and answers pings, like a Go subsystem."""
+    return Process(
+        [
+            sys.executable,
+            str(HERE / "harness.py"),
+            "subsystem",
+            "--gateway",
+            gateway_url,
+            "--id",
+            subsystem_id,
+            "--endpoint",
+            endpoint,
+        ]
+    )
+
+
+@contextlib.contextmanager
+def hung_endpoint() -> Iterator[str]:
+    """A TCP server that accepts connections and never answers: a hung subsystem."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError, OSError):
+                accepted.append(listener.accept()[0])
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join(2)
+        for conn in accepted:
+            conn.close()
+        listener.close()
+
+
+def dead_endpoint() -> str:
+    """An endpoint nothing listens on: connections are refused."""
+    return f"http://127.0.0.1:{free_port()}"
+
+
+def _serve_demo(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from flowwatch_gateway.demo.app import create_demo_app
+    from flowwatch_gateway.demo.engine import InMemoryEngine
+
+    engine = InMemoryEngine.demo(args.id, seed=args.seed, now=datetime.fromisoformat(args.now))
+    uvicorn.run(create_demo_app(engine), host="127.0.0.1", port=args.port, log_level="warning")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    demo = commands.add_parser("demo")
+    demo.add_argument("--id", required=True)
+    demo.add_argument("--port", type=int, required=True)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--now", required=True)
+    _serve_demo(parser.parse_args())
+
+
+if __name__ == "__main__":
+    main()
