@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import gc
 import logging
 import random
 import threading
@@ -38,6 +37,7 @@ from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 from connectrpc.protocol import ProtocolType
 
+from flowwatch_gateway import exit_guard
 from flowwatch_gateway.gen.flowwatch.v1 import (
     gateway_service_connect,
     gateway_service_pb2,
@@ -49,6 +49,8 @@ from flowwatch_gateway.gen.flowwatch.v1 import (
 )
 
 log = logging.getLogger(__name__)
+# Programs using this client exit through pyqwest's shutdown race (see exit_guard).
+exit_guard.install()
 T = TypeVar("T")
 
 # Pages of ListWorkflows fetched before giving up on a subsystem that never stops paging.
@@ -660,7 +662,6 @@ class BackgroundConnection:
             asyncio.run(main())
         finally:
             self._started.set()
-            gc.collect()  # pyqwest objects must go while the runtime is still intact
 
     def stop(self, timeout: float = 5.0) -> bool:
         """Cancel the client (closing its stream) and wait; True if the thread ended."""

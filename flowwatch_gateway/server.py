@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import signal
 import ssl
@@ -32,6 +31,7 @@ from typing import Any
 
 from pyvoy import LogLevel, PyvoyServer, StartupError
 
+from flowwatch_gateway import exit_guard
 from flowwatch_gateway.config import GatewayConfig
 from flowwatch_gateway.control import CONTROL_SOCKET_ENV, request_drain
 
@@ -213,6 +213,5 @@ def serve(config: GatewayConfig) -> int:
             return serve_uvicorn(config)
         return asyncio.run(serve_pyvoy(config))
     finally:
-        # pyqwest can abort during interpreter finalization; collecting its objects
-        # while the runtime is still intact avoids that.
-        gc.collect()
+        # pyqwest can abort during interpreter finalization (see exit_guard).
+        exit_guard.install()

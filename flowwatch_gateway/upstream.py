@@ -21,6 +21,7 @@ from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 from connectrpc.protocol import ProtocolType
 
+from flowwatch_gateway import exit_guard
 from flowwatch_gateway.gen.flowwatch.v1 import (
     analytics_service_connect,
     run_service_connect,
@@ -29,6 +30,7 @@ from flowwatch_gateway.gen.flowwatch.v1 import (
 )
 
 log = logging.getLogger(__name__)
+exit_guard.install()
 
 HttpMode = Literal["h2c", "http1", "tls"]
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-import gc
 from collections.abc import Iterator
 
 import pytest
 from harness import GatewayProcess, start_gateway
+
+from flowwatch_gateway import exit_guard
+
+# pyqwest can abort the test process during interpreter finalization (see exit_guard).
+exit_guard.install()
 
 # Short intervals keep heartbeat/grace behaviour observable within a fast suite.
 FAST_HEARTBEAT = "200ms"
@@ -31,8 +35,3 @@ def fast_gateway() -> Iterator[GatewayProcess]:
         TEST_API_KEY,
     ) as gateway:
         yield gateway
-
-
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    # pyqwest can abort during interpreter finalization; collecting first avoids it.
-    gc.collect()

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import gc
 import os
 import signal
 import socket
@@ -39,6 +38,7 @@ import httpx
 import pyqwest
 from connectrpc.protocol import ProtocolType
 
+from flowwatch_gateway import exit_guard
 from flowwatch_gateway.gen.flowwatch.v1 import (
     gateway_service_connect,
     gateway_service_pb2,
@@ -410,7 +410,7 @@ def main() -> int:
     subsystem.add_argument("--endpoint", default="http://127.0.0.1:9/flowwatch")
     subsystem.add_argument("--api-key", default="")
     status = asyncio.run(_run_subsystem(parser.parse_args()))
-    gc.collect()  # pyqwest may abort during interpreter finalization otherwise
+    exit_guard.install()  # pyqwest may abort during interpreter finalization otherwise
     return status
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import signal
 import tempfile
@@ -28,6 +27,7 @@ import httpx
 from pyvoy import PyvoyServer, StartupError
 from starlette.applications import Starlette
 
+from flowwatch_gateway import exit_guard
 from flowwatch_gateway.client import Backoff, ClientOptions, connect_to_gateway
 from flowwatch_gateway.config import format_go_duration, parse_go_duration
 from flowwatch_gateway.control import CONTROL_SOCKET_ENV, request_drain, serve_control_socket
@@ -201,8 +201,8 @@ def run_subsystem(settings: SubsystemSettings) -> int:
     try:
         return asyncio.run(serve_subsystem(settings))
     finally:
-        # pyqwest can abort during interpreter finalization; collect while intact.
-        gc.collect()
+        # pyqwest can abort during interpreter finalization (see exit_guard).
+        exit_guard.install()
 
 
 async def serve_subsystem(settings: SubsystemSettings) -> int:
