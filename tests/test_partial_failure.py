@@ -1,0 +1,157 @@
+"""One bad subsystem never breaks answers from the healthy ones.
+
+Behind a real gateway: a healthy demo subsystem, a hung one (accepts TCP, never
+answers) and a dead one (connection refused), all registered and heartbeating.
+Answers must arrive within the deadline with the failures named.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import httpx
+import pytest
+from harness import GatewayProcess, start_gateway, subsystem_states
+from test_proxy_e2e import post, wait_until
+from upstreams import Process, dead_endpoint, hung_endpoint, start_demo_server, start_registrar
+
+UPSTREAM_TIMEOUT_S = 1.0
+# Generous bound for "answered within the deadline" on a loaded 2-core CI machine.
+ANSWER_BOUND_S = UPSTREAM_TIMEOUT_S + 2.0
+
+
+@dataclass
+class Stack:
+    gateway: GatewayProcess
+    healthy: str
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[Stack]:
+    processes: list[Process] = []
+    with (
+        hung_endpoint() as hung,
+        start_gateway(
+            "--heartbeat", "500ms", "--grace-period", "5s", "--upstream-timeout", "1s"
+        ) as gateway,
+    ):
+        try:
+            server, healthy = start_demo_server("orders", 1, datetime.now(UTC))
+            processes.append(server)
+            for sid, endpoint in (("orders", healthy), ("hung", hung), ("dead", dead_endpoint())):
+                processes.append(start_registrar(gateway.url, sid, endpoint))
+            wait_until(
+                lambda: (
+                    subsystem_states(gateway.url)
+                    == {"orders": "connected", "hung": "connected", "dead": "connected"}
+                ),
+                20,
+                "three registrations",
+            )
+            yield Stack(gateway, healthy)
+            # Proxying (pyqwest inside Envoy) must not spoil a clean shutdown.
+            assert gateway.stop() == 0
+        finally:
+            for proc in processes:
+                proc.close()
+
+
+def timed_post(
+    url: str, rpc: str, body: dict[str, object], **headers: str
+) -> tuple[httpx.Response, float]:
+    started = time.monotonic()
+    response = httpx.post(
+        f"{url}/flowwatch.v1.{rpc}",
+        json=body,
+        headers={"Connect-Protocol-Version": "1", **headers},
+        timeout=15,
+    )
+    return response, time.monotonic() - started
+
+
+def failures(response: httpx.Response) -> dict[str, str]:
+    header = response.headers.get("flowwatch-partial-failure", "")
+    return dict(part.split(": ", 1) for part in header.split(", ") if part)
+
+
+def test_list_runs_answers_with_healthy_data_and_names_the_failures(stack: Stack) -> None:
+    response, elapsed = timed_post(
+        stack.gateway.url, "RunService/ListRuns", {"pagination": {"limit": 10}}
+    )
+    assert response.status_code == 200, response.text
+    assert elapsed < ANSWER_BOUND_S
+    runs = response.json()["runs"]
+    assert len(runs) == 10 and {r["subsystemId"] for r in runs} == {"orders"}
+    assert failures(response) == {"dead": "unavailable", "hung": "timed out"}
+
+
+def test_the_callers_own_deadline_is_respected(stack: Stack) -> None:
+    response, elapsed = timed_post(
+        stack.gateway.url,
+        "RunService/ListRuns",
+        {"pagination": {"limit": 5}},
+        **{"Connect-Timeout-Ms": "400"},
+    )
+    assert response.status_code == 200, response.text
+    assert elapsed < 0.4 + 0.5
+    assert len(response.json()["runs"]) == 5
+    assert failures(response)["hung"] == "timed out"
+
+
+def test_subsystem_list_shows_every_registration(stack: Stack) -> None:
+    response, elapsed = timed_post(stack.gateway.url, "WorkflowService/ListSubsystems", {})
+    assert response.status_code == 200 and elapsed < ANSWER_BOUND_S
+    meta = {s["subsystem"]["id"]: s["subsystem"]["metadata"] for s in response.json()["subsystems"]}
+    assert meta["orders"]["gateway.answered"] == "true"
+    assert meta["hung"]["gateway.answered"] == "false"
+    assert meta["dead"]["gateway.answered"] == "false"
+    assert {m["gateway.state"] for m in meta.values()} == {"connected"}
+
+
+def test_a_run_is_found_without_waiting_for_the_hung_subsystem(stack: Stack) -> None:
+    response, elapsed = timed_post(
+        stack.gateway.url, "RunService/GetRun", {"runId": "orders-run-00011"}
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["run"]["id"] == "orders-run-00011"
+    assert elapsed < UPSTREAM_TIMEOUT_S  # first success wins; the hung call is cancelled
+
+
+def test_unknown_run_is_unavailable_not_not_found_while_some_did_not_answer(stack: Stack) -> None:
+    response, elapsed = timed_post(stack.gateway.url, "RunService/GetRun", {"runId": "who-run-1"})
+    assert elapsed < ANSWER_BOUND_S
+    assert response.status_code == 503
+    body = response.json()
+    assert body["code"] == "unavailable"
+    assert "hung (timed out)" in body["message"] and "dead (unavailable)" in body["message"]
+
+
+def test_analytics_merge_what_answered(stack: Stack) -> None:
+    response, elapsed = timed_post(
+        stack.gateway.url, "AnalyticsService/GetThroughput", {"filter": {}}
+    )
+    assert response.status_code == 200 and elapsed < ANSWER_BOUND_S
+    assert sum(int(b.get("total", 0)) for b in response.json()["buckets"]) > 0
+    assert set(failures(response)) == {"hung", "dead"}
+
+
+def test_only_failing_subsystems_asked_is_unavailable(stack: Stack) -> None:
+    response, elapsed = timed_post(
+        stack.gateway.url,
+        "RunService/ListRuns",
+        {"filter": {"subsystemIds": ["hung", "dead"]}},
+    )
+    assert elapsed < ANSWER_BOUND_S
+    assert response.status_code == 503
+    assert response.json()["code"] == "unavailable"
+    assert "no subsystem answered" in response.json()["message"]
+
+
+def test_json_errors_reach_the_ui_with_cors(stack: Stack) -> None:
+    response = post(stack.gateway.url, "RunService/GetRun", {})
+    assert response.status_code == 400
+    assert response.json()["code"] == "invalid_argument"
+    assert response.headers["access-control-allow-origin"] == "http://localhost:5173"
