@@ -1,0 +1,408 @@
+"""Shared pieces of the benchmarks: child processes, timed call loops, result tables.
+
+Benchmarks compare alternatives measured in one run on one machine, so every number
+they print sits next to the number it is compared with. Children (gateway, demo
+subsystems, each with an Envoy of its own) run in their own sessions: the terminal's
+Ctrl-C reaches only the benchmark, which then stops them in order, and a process
+group kill removes anything that hangs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import importlib
+import math
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from types import FrameType
+from typing import IO, Any, TypeVar
+
+import httpx
+import pyqwest
+
+ROOT = Path(__file__).resolve().parent.parent
+STARTUP_TIMEOUT_SECONDS = 60.0
+STOP_TIMEOUT_SECONDS = 15.0
+EXIT_INTERRUPTED = 130
+EXIT_FAILED = 1
+# The lead's atexit hook against pyqwest aborting during interpreter finalization.
+EXIT_GUARD_MODULE = "flowwatch_gateway.exit_guard"
+
+T = TypeVar("T")
+
+
+# --- pure: statistics and tables --------------------------------------------------------------
+
+
+def percentile(sorted_values: Sequence[float], fraction: float) -> float:
+    """Nearest-rank percentile of already sorted values (fraction in [0, 1])."""
+    if not sorted_values:
+        raise ValueError("percentile of no values")
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"fraction must be within [0, 1], got {fraction}")
+    rank = max(1, math.ceil(fraction * len(sorted_values)))
+    return sorted_values[rank - 1]
+
+
+@dataclass(frozen=True)
+class Sample:
+    """What one timed loop of calls measured."""
+
+    calls: int
+    concurrency: int
+    elapsed_seconds: float
+    latencies_seconds: tuple[float, ...]
+
+    @property
+    def calls_per_second(self) -> float:
+        return self.calls / self.elapsed_seconds if self.elapsed_seconds > 0 else math.inf
+
+    @property
+    def p50_ms(self) -> float:
+        return percentile(sorted(self.latencies_seconds), 0.50) * 1000.0
+
+    @property
+    def p95_ms(self) -> float:
+        return percentile(sorted(self.latencies_seconds), 0.95) * 1000.0
+
+
+def ratio(value: float, baseline: float) -> str:
+    """value/baseline as '0.42x'; '-' when there is nothing to compare with."""
+    if baseline <= 0 or math.isinf(baseline) or math.isinf(value):
+        return "-"
+    return f"{value / baseline:.2f}x"
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A plain-text table: first column left-aligned, the others right-aligned."""
+    widths = [len(h) for h in headers]
+    for row in rows:
+        if len(row) != len(headers):
+            raise ValueError(f"row has {len(row)} cells, the table has {len(headers)} columns")
+        widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
+
+    def line(cells: Sequence[str]) -> str:
+        parts = [
+            cell.ljust(width) if index == 0 else cell.rjust(width)
+            for index, (cell, width) in enumerate(zip(cells, widths, strict=True))
+        ]
+        return "  ".join(parts).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([line(headers), rule, *(line(row) for row in rows)])
+
+
+def parse_concurrency(text: str) -> tuple[int, ...]:
+    """'1,64' -> (1, 64), for the --concurrency option."""
+    try:
+        levels = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise ValueError(
+            f"--concurrency takes comma-separated whole numbers such as 1,64, got {text!r}"
+        ) from None
+    if not levels or any(level < 1 for level in levels):
+        raise ValueError(f"--concurrency needs levels of at least 1, got {text!r}")
+    return levels
+
+
+# --- timing ---------------------------------------------------------------------------------
+
+
+async def _drive(call: Callable[[], Awaitable[object]], calls: int, concurrency: int) -> Sample:
+    latencies: list[float] = []
+    remaining = calls
+
+    async def worker() -> None:
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
+            started = time.perf_counter()
+            await call()
+            latencies.append(time.perf_counter() - started)
+
+    started = time.perf_counter()
+    async with asyncio.TaskGroup() as group:
+        for _ in range(min(concurrency, calls)):
+            group.create_task(worker())
+    elapsed = time.perf_counter() - started
+    return Sample(calls, concurrency, elapsed, tuple(latencies))
+
+
+async def measure(
+    call: Callable[[], Awaitable[object]], *, calls: int, concurrency: int, warmup: int
+) -> Sample:
+    """Run `warmup` untimed calls, then exactly `calls` timed ones by `concurrency` workers.
+
+    The warm-up opens connections (and fills caches) at the same concurrency, so the
+    timed loop measures steady state rather than connection setup.
+    """
+    if calls < 1:
+        raise ValueError(f"calls must be at least 1, got {calls}")
+    if warmup > 0:
+        await _drive(call, warmup, concurrency)
+    return await _drive(call, calls, concurrency)
+
+
+# --- the machine ----------------------------------------------------------------------------
+
+
+def machine_banner() -> str:
+    """When and where the numbers were taken, printed above every table."""
+    versions = ", ".join(
+        f"{name} {metadata.version(name)}" for name in ("connectrpc", "pyqwest", "pyvoy", "httpx")
+    )
+    return (
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, nproc {os.cpu_count()}, "
+        f"Python {platform.python_version()} ({platform.machine()}); {versions}"
+    )
+
+
+# --- clients --------------------------------------------------------------------------------
+
+
+def h2c_transport() -> pyqwest.HTTPTransport:
+    """pyqwest with HTTP/2 prior knowledge, as the gateway talks to subsystems.
+
+    Wrap it in pyqwest.Client for connectrpc and `aclose()` it when done.
+    """
+    return pyqwest.HTTPTransport(http_version=pyqwest.HTTPVersion.HTTP2)
+
+
+# --- child processes ------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    """A TCP port that was free a moment ago on 127.0.0.1."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def child_env() -> dict[str, str]:
+    """os.environ without gateway settings, so the developer's shell cannot change a run."""
+    return {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith("GATEWAY_") and key not in ("UI_ORIGIN", "FLOWWATCH_GATEWAY_API_KEY")
+    }
+
+
+class Child:
+    """A `flowwatch-gateway` subprocess in its own session, its output kept in a temp file."""
+
+    def __init__(self, name: str, cli_args: Sequence[str], port: int) -> None:
+        self.name = name
+        self.url = f"http://127.0.0.1:{port}"
+        self._log: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 - closed in close()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "flowwatch_gateway.cli", *cli_args],
+            cwd=ROOT,
+            env=child_env(),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def logs(self) -> str:
+        self._log.flush()
+        self._log.seek(0)
+        return self._log.read().decode(errors="replace")
+
+    def wait_http_ok(self, path: str, timeout: float = STARTUP_TIMEOUT_SECONDS) -> None:
+        """Poll GET <url><path> until 200; raise with the logs if the child dies or hangs."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"{self.name} exited with {self.proc.returncode} during startup:\n"
+                    + self.logs()
+                )
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{self.url}{path}", timeout=1.0).status_code == 200:
+                    return
+            time.sleep(0.1)
+        raise RuntimeError(f"{self.name} not serving {path} after {timeout:g}s:\n{self.logs()}")
+
+    def terminate(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+
+    def wait_or_kill(self, deadline: float) -> int:
+        """Exit status after SIGTERM; SIGKILL the whole group (Envoy too) past the deadline."""
+        try:
+            return self.proc.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return self.proc.wait()
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(5)
+
+    def close(self) -> None:
+        self.kill()
+        self._log.close()
+
+
+class Children:
+    """The benchmark's children; stop_all() stops them in start order and reports exits."""
+
+    def __init__(self) -> None:
+        self._children: list[Child] = []
+        self._stopped: set[str] = set()
+
+    def start_gateway(self, port: int | None = None) -> Child:
+        """`flowwatch-gateway serve` under pyvoy on loopback, ready when /readyz says so."""
+        port = port or free_port()
+        child = self._add(
+            Child(
+                "gateway",
+                ["serve", "--addr", f"127.0.0.1:{port}", "--server", "pyvoy"],
+                port,
+            )
+        )
+        child.wait_http_ok("/readyz")
+        return child
+
+    def start_subsystem(
+        self, subsystem_id: str, gateway_url: str, *, seed: int, port: int | None = None
+    ) -> Child:
+        """A demo subsystem under pyvoy (HTTP/1.1 + h2c), ready when its API answers.
+
+        Registration with `gateway_url` is left to the caller to check: with no gateway
+        there, the subsystem keeps serving and retries in the background.
+        """
+        port = port or free_port()
+        child = self._add(
+            Child(
+                subsystem_id,
+                [
+                    "subsystem",
+                    "--id",
+                    subsystem_id,
+                    "--port",
+                    str(port),
+                    "--gateway",
+                    gateway_url,
+                    "--seed",
+                    str(seed),
+                    "--log-level",
+                    "warning",
+                    # Long retry delays keep a gateway-less subsystem quiet during timing.
+                    "--min-backoff",
+                    "5m",
+                    "--max-backoff",
+                    "5m",
+                ],
+                port,
+            )
+        )
+        child.wait_http_ok("/healthz")
+        return child
+
+    def _add(self, child: Child) -> Child:
+        self._children.append(child)
+        return child
+
+    def stop_all(self) -> dict[str, int]:
+        """SIGTERM every child still running, latest started first, and return exit statuses.
+
+        Subsystems were started after the gateway, so they leave it before it stops.
+        Each child is stopped once; calling this again returns only newly stopped ones.
+        """
+        statuses: dict[str, int] = {}
+        for child in reversed(self._children):
+            if child.name in self._stopped:
+                continue
+            child.terminate()
+            statuses[child.name] = child.wait_or_kill(time.monotonic() + STOP_TIMEOUT_SECONDS)
+            self._stopped.add(child.name)
+        return statuses
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {c.name} ---\n{c.logs()}" for c in self._children)
+
+    def close(self) -> None:
+        for child in self._children:
+            child.close()
+        self._children.clear()
+
+
+@contextlib.contextmanager
+def children() -> Iterator[Children]:
+    """Children that are always gone afterwards; their logs are shown when setup or a run failed."""
+    group = Children()
+    try:
+        yield group
+    except Exception:
+        print(group.logs(), file=sys.stderr)
+        raise
+    finally:
+        # Ctrl-C or an error: stop gracefully first, then make sure nothing is left.
+        try:
+            report_exits(group.stop_all())
+        finally:
+            group.close()
+
+
+def report_exits(statuses: dict[str, int]) -> bool:
+    """Print children whose exit status was not 0; True when all exited cleanly."""
+    unclean = {name: status for name, status in statuses.items() if status != 0}
+    for name, status in unclean.items():
+        print(f"warning: {name} exited with status {status}", file=sys.stderr)
+    return not unclean
+
+
+# --- running a benchmark --------------------------------------------------------------------
+
+
+def run_async(work: Coroutine[Any, Any, T]) -> T:
+    """asyncio.run, then collect garbage while the interpreter is still intact.
+
+    pyqwest 0.12 can abort (SIGABRT) during interpreter finalization when its objects
+    are still around; collecting right after the loop has finished avoids that.
+    """
+    try:
+        return asyncio.run(work)
+    finally:
+        gc.collect()
+
+
+def _sigterm_as_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def run_benchmark(benchmark: Callable[[], int]) -> int:
+    """Run a benchmark and return its exit status; SIGTERM is handled like Ctrl-C.
+
+    Children are started and stopped outside the event loop, so an interrupt during
+    startup lands at once and the `children()` block still stops everything.
+    """
+    with contextlib.suppress(ImportError):
+        importlib.import_module(EXIT_GUARD_MODULE)
+    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    try:
+        return benchmark()
+    except KeyboardInterrupt:
+        print("interrupted; child processes stopped", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def progress(what: str, sample: Sample) -> None:
+    """One line per finished measurement on stderr, so a long run shows it is alive."""
+    print(f"  {what}: {sample.calls_per_second:,.0f} calls/s", file=sys.stderr, flush=True)
