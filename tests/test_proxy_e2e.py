@@ -402,11 +402,11 @@ async def test_counting_analytics_are_sums_of_the_subsystems(stack: Stack) -> No
     rates = await through_gateway.get_failure_rate(
         analytics_service_pb2.GetFailureRateRequest(filter=request.filter)
     )
-    for bucket in rates.buckets:
-        assert bucket.total_runs == expected[bucket.timestamp.seconds]
-        assert bucket.failed_runs == failed[bucket.timestamp.seconds]
-        if bucket.total_runs:
-            assert bucket.rate == pytest.approx(bucket.failed_runs / bucket.total_runs)
+    for rate in rates.buckets:
+        assert rate.total_runs == expected[rate.timestamp.seconds]
+        assert rate.failed_runs == failed[rate.timestamp.seconds]
+        if rate.total_runs:
+            assert rate.rate == pytest.approx(rate.failed_runs / rate.total_runs)
 
 
 def test_percentiles_are_marked_approximate_only_when_merged(stack: Stack) -> None:
