@@ -444,3 +444,74 @@ async def test_grpc_clients_are_served_too(stack: Stack) -> None:
         run_service_pb2.ListRunsRequest(pagination=types_pb2.PaginationRequest(limit=3))
     )
     assert len(answer.runs) == 3 and answer.pagination.next_cursor
+
+
+def test_every_call_the_stock_ui_makes_succeeds(stack: Stack) -> None:
+    """Replays what each page of the FlowWatch web UI sends: Connect JSON POSTs with CORS."""
+    url = stack.gateway.url
+    preflight = httpx.options(
+        f"{url}/flowwatch.v1.RunService/ListRuns",
+        headers={
+            "Origin": "http://localhost:5173",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "connect-protocol-version,content-type",
+        },
+    )
+    assert preflight.status_code == 200
+
+    def ok(rpc: str, body: dict[str, object]) -> dict[str, object]:
+        response = post(url, rpc, body)
+        assert response.status_code == 200, f"{rpc}: {response.status_code} {response.text}"
+        assert response.headers["access-control-allow-origin"] == "http://localhost:5173"
+        assert "flowwatch-partial-failure" not in response.headers, rpc
+        result: dict[str, object] = response.json()
+        return result
+
+    # Dashboard.
+    ok("WorkflowService/ListWorkflows", {})
+    ok("WorkflowService/GetCapabilities", {})
+    ok("RunService/ListRuns", {"pagination": {"limit": 15}})
+    ok("WorkflowService/ListSubsystems", {})
+    # Runs page: first page, then "load more" while there is a cursor.
+    page = ok("RunService/ListRuns", {"pagination": {"limit": 25}})
+    loaded = list(page["runs"])  # type: ignore[call-overload]
+    for _ in range(3):
+        cursor = page["pagination"]["nextCursor"]  # type: ignore[index]
+        page = ok("RunService/ListRuns", {"pagination": {"limit": 25, "cursor": cursor}})
+        loaded += page["runs"]
+    assert len({r["id"] for r in loaded}) == 100
+    run = loaded[7]
+    # Run detail.
+    ok("RunService/GetRun", {"runId": run["id"]})
+    ok("RunService/GetRunSteps", {"runId": run["id"]})
+    ok("RunService/GetRunTimeline", {"runId": run["id"]})
+    ok("WorkflowService/GetGraph", {"workflowId": run["workflowId"]})
+    # Subsystems page.
+    ok("WorkflowService/GetSubsystem", {"subsystemId": "payments"})
+    only = ok("RunService/ListRuns", {"filter": {"subsystemIds": ["payments"]}})
+    assert {r["subsystemId"] for r in only["runs"]} == {"payments"}  # type: ignore[attr-defined]
+    # Analytics page.
+    for rpc in ("GetThroughput", "GetFailureRate", "GetStepHeatmap"):
+        ok(f"AnalyticsService/{rpc}", {"filter": {"granularity": "1h"}})
+    assert post(url, "AnalyticsService/GetLatency", {"filter": {}}).status_code == 200
+    assert post(url, "AnalyticsService/GetStepDuration", {}).status_code == 200
+    # Search by business id, and the trace view.
+    found = ok("RunService/ListRuns", {"filter": {"foreignId": run["foreignId"]}})
+    assert run["id"] in {r["id"] for r in found["runs"]}  # type: ignore[attr-defined]
+    trace = ok("WorkflowService/GetTrace", {"traceId": "trace-0001"})
+    assert trace["subsystemCount"] == 3
+    # Actions, single and bulk.
+    failed = ok(
+        "RunService/ListRuns",
+        {"filter": {"statuses": ["RUN_STATUS_FAILED"]}, "pagination": {"limit": 3}},
+    )["runs"]
+    ids = [r["id"] for r in failed]  # type: ignore[attr-defined]
+    retried = ok("RunService/RetryRun", {"runId": ids[0]})
+    ok("RunService/PauseRun", {"runId": retried["newRunId"]})
+    ok("RunService/ResumeRun", {"runId": retried["newRunId"]})
+    ok("RunService/CancelRun", {"runId": retried["newRunId"], "reason": "ui test"})
+    bulk = ok("RunService/BulkRetry", {"runIds": ids[1:]})
+    assert [r["runId"] for r in bulk["results"]] == ids[1:]  # type: ignore[attr-defined]
+    new_ids = [r["newRunId"] for r in bulk["results"]]  # type: ignore[attr-defined]
+    cancelled = ok("RunService/BulkCancel", {"runIds": new_ids})
+    assert all(r["success"] for r in cancelled["results"])  # type: ignore[attr-defined]
