@@ -11,6 +11,7 @@ per-instance deadline below the caller's; instances that fail are named in the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TypeVar
@@ -50,6 +51,10 @@ MAX_PAGE_SIZE = 100
 _NOT_CONNECTED = ConnectError(Code.UNAVAILABLE, "not connected")
 # Discovery pages through a subsystem's workflows; this bounds a misbehaving one.
 MAX_DISCOVERY_PAGES = 50
+DISCOVERY_FIRST_RETRY_S = 0.5
+DISCOVERY_MAX_RETRY_S = 30.0
+RETRYABLE_DISCOVERY_CODES = (Code.UNAVAILABLE, Code.DEADLINE_EXCEEDED)
+CLOSE_TIMEOUT_S = 2.0
 
 
 class GatewayAdapter(EngineAdapter):
@@ -61,6 +66,9 @@ class GatewayAdapter(EngineAdapter):
         self._owners = RunOwnerCache(config.run_cache_size)
         self._clients: dict[str, UpstreamClients] = {}
         self._background: set[asyncio.Task[None]] = set()
+        # connectrpc turns a cancelled call into ConnectError(CANCELED), so a loop
+        # cannot rely on task cancellation alone to stop: it also checks this.
+        self._closing = asyncio.Event()
         registry.add_listener(self)
 
     # --- registry listener: client sets live exactly as long as registrations --------
@@ -90,25 +98,45 @@ class GatewayAdapter(EngineAdapter):
         task.add_done_callback(self._background.discard)
 
     async def _prepare(self, instance: SubsystemInstance, clients: UpstreamClients) -> None:
-        """Settle the HTTP version, then discover what the registration left out."""
-        negotiated = await negotiate(clients)
-        if negotiated is not clients:
-            if self._clients.get(instance.id) is clients:
-                self._clients[instance.id] = negotiated
-            else:  # replaced meanwhile by a newer registration
-                await negotiated.close()
-                return
-        await self._discover(instance, negotiated)
+        """Settle the HTTP version, then discover what the registration left out.
 
-    async def _discover(self, instance: SubsystemInstance, clients: UpstreamClients) -> None:
-        """Fetch workflows/capabilities when the RegisterRequest carried none (Go clients)."""
+        Subsystems often register before their own server listens, so both steps
+        are retried with backoff for as long as this registration is current and
+        the subsystem has not answered.
+        """
+        delay = DISCOVERY_FIRST_RETRY_S
+        while self._registry.is_current(instance.id, instance.epoch):
+            negotiated, reachable = await negotiate(clients)
+            if self._closing.is_set():
+                return
+            if negotiated is not clients:
+                if self._clients.get(instance.id) is not clients:  # replaced meanwhile
+                    await negotiated.close()
+                    return
+                self._clients[instance.id] = clients = negotiated
+            if reachable and await self._discover(instance, clients):
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), delay)
+            if self._closing.is_set():
+                return
+            delay = min(delay * 2, DISCOVERY_MAX_RETRY_S)
+
+    async def _discover(self, instance: SubsystemInstance, clients: UpstreamClients) -> bool:
+        """Fetch workflows/capabilities when the RegisterRequest carried none (Go clients).
+
+        Returns False when the subsystem could not be reached (worth another try);
+        an rpc it answers with an error (e.g. unimplemented) is not asked again.
+        """
         timeout_ms = int(self._timeout_s * 1000)
         workflows: list[types.WorkflowDefinition] | None = None
         capabilities: types.Capabilities | None = None
+        unreachable = False
         if not instance.workflows:
             try:
                 workflows = await self._fetch_all_workflows(clients, timeout_ms)
             except ConnectError as exc:
+                unreachable |= exc.code in RETRYABLE_DISCOVERY_CODES
                 log.warning("discovery: ListWorkflows on %s failed: %s", instance.id, exc.message)
         if instance.capabilities is None:
             try:
@@ -117,11 +145,13 @@ class GatewayAdapter(EngineAdapter):
                 )
                 capabilities = response.capabilities
             except ConnectError as exc:
+                unreachable |= exc.code in RETRYABLE_DISCOVERY_CODES
                 log.warning("discovery: GetCapabilities on %s failed: %s", instance.id, exc.message)
         if workflows is not None or capabilities is not None:
             self._registry.update_discovery(
                 instance.id, instance.epoch, workflows=workflows, capabilities=capabilities
             )
+        return not unreachable
 
     @staticmethod
     async def _fetch_all_workflows(
@@ -143,9 +173,11 @@ class GatewayAdapter(EngineAdapter):
         return found
 
     async def aclose(self) -> None:
+        self._closing.set()
         for task in list(self._background):
             task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
+        if self._background:
+            await asyncio.wait(list(self._background), timeout=CLOSE_TIMEOUT_S)
         clients, self._clients = list(self._clients.values()), {}
         await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
 

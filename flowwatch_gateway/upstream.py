@@ -98,23 +98,25 @@ def open_clients(instance_id: str, endpoint: str, mode: HttpMode | None = None) 
     return UpstreamClients(instance_id, endpoint, mode, _transport(mode))
 
 
-async def negotiate(clients: UpstreamClients) -> UpstreamClients:
+async def negotiate(clients: UpstreamClients) -> tuple[UpstreamClients, bool]:
     """Check that the instance answers over h2c; fall back to HTTP/1.1 when it does not.
 
     Returns the client set to keep (the same one, or a new HTTP/1.1 one after
-    closing the h2c one). Probing with GetCapabilities is harmless and is also
-    what discovery needs.
+    closing the h2c one) and whether the instance answered at all; an instance
+    that registers before its own server listens answers neither yet, and the
+    caller probes again later. Probing with GetCapabilities is harmless and is
+    also what discovery needs.
     """
     if clients.mode != "h2c":
-        return clients
+        return clients, True
     try:
         await clients.workflows.get_capabilities(
             workflow_service_pb2.GetCapabilitiesRequest(), timeout_ms=PROBE_TIMEOUT_MS
         )
-        return clients
+        return clients, True
     except ConnectError as exc:
         if exc.code not in _TRANSPORT_FAILURE_CODES:
-            return clients  # it answered over HTTP/2, just not with success
+            return clients, True  # it answered over HTTP/2, just not with success
         h2_error = exc
     fallback = open_clients(clients.instance_id, clients.endpoint, "http1")
     try:
@@ -123,8 +125,6 @@ async def negotiate(clients: UpstreamClients) -> UpstreamClients:
         )
     except ConnectError as exc:
         if exc.code in _TRANSPORT_FAILURE_CODES:
-            # Neither works right now (the instance may still be starting): keep h2c,
-            # the common case for FlowWatch servers, and let calls report the failure.
             log.warning(
                 "instance %s at %s did not answer a probe over h2c (%s) or HTTP/1.1 (%s)",
                 clients.instance_id,
@@ -133,11 +133,11 @@ async def negotiate(clients: UpstreamClients) -> UpstreamClients:
                 exc.code.name,
             )
             await fallback.close()
-            return clients
+            return clients, False
     log.info(
         "instance %s at %s does not speak h2c; using HTTP/1.1",
         clients.instance_id,
         clients.endpoint,
     )
     await clients.close()
-    return fallback
+    return fallback, True

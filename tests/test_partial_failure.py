@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 
 import httpx
 import pytest
-from harness import GatewayProcess, start_gateway, subsystem_states
+from harness import GatewayProcess, free_port, start_gateway, subsystem_states
 from test_proxy_e2e import post, wait_until
 from upstreams import Process, dead_endpoint, hung_endpoint, start_demo_server, start_registrar
 
@@ -155,3 +155,29 @@ def test_json_errors_reach_the_ui_with_cors(stack: Stack) -> None:
     assert response.status_code == 400
     assert response.json()["code"] == "invalid_argument"
     assert response.headers["access-control-allow-origin"] == "http://localhost:5173"
+
+
+def test_a_subsystem_that_registers_before_it_listens_is_discovered_later(stack: Stack) -> None:
+    port = free_port()
+    registrar = start_registrar(stack.gateway.url, "late", f"http://127.0.0.1:{port}")
+    server = None
+    try:
+        wait_until(
+            lambda: subsystem_states(stack.gateway.url).get("late") == "connected", 10, "late"
+        )
+        time.sleep(1.0)  # a first discovery attempt fails: nothing listens yet
+        server, _ = start_demo_server("late", 7, datetime.now(UTC), port=port)
+
+        def discovered() -> bool:
+            answer = post(
+                stack.gateway.url, "WorkflowService/GetSubsystem", {"subsystemId": "late"}
+            )
+            return answer.status_code == 200 and len(answer.json().get("workflows", [])) == 4
+
+        wait_until(discovered, 15, "discovery of the late subsystem's workflows")
+        graph = post(stack.gateway.url, "WorkflowService/GetGraph", {"workflowId": "late-intake"})
+        assert graph.status_code == 200
+    finally:
+        registrar.close()
+        if server is not None:
+            server.close()

@@ -57,9 +57,11 @@ class Process:
         return self.proc.returncode
 
 
-def start_demo_server(subsystem_id: str, seed: int, now: datetime) -> tuple[Process, str]:
+def start_demo_server(
+    subsystem_id: str, seed: int, now: datetime, port: int | None = None
+) -> tuple[Process, str]:
     """A demo FlowWatch subsystem under uvicorn; returns (process, endpoint URL)."""
-    port = free_port()
+    port = port or free_port()
     proc = Process(
         [
             sys.executable,
