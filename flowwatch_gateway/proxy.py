@@ -48,6 +48,25 @@ T = TypeVar("T")
 R = TypeVar("R", bound=Message)
 
 MAX_PAGE_SIZE = 100
+
+_RunRequest = (
+    runs.GetRunRequest
+    | runs.GetRunStepsRequest
+    | runs.GetRunTimelineRequest
+    | runs.GetRunLogsRequest
+    | runs.RetryRunRequest
+    | runs.RetryFromStepRequest
+    | runs.CancelRunRequest
+    | runs.PauseRunRequest
+    | runs.ResumeRunRequest
+    | runs.SkipStepRequest
+)
+_FilteredRequest = (
+    analytics.GetThroughputRequest
+    | analytics.GetFailureRateRequest
+    | analytics.GetStepHeatmapRequest
+    | analytics.GetLatencyRequest
+)
 _NOT_CONNECTED = ConnectError(Code.UNAVAILABLE, "not connected")
 # Discovery pages through a subsystem's workflows; this bounds a misbehaving one.
 MAX_DISCOVERY_PAGES = 50
@@ -467,97 +486,71 @@ class GatewayAdapter(EngineAdapter):
         )
 
     # --- RunService: per-run calls ----------------------------------------------------
-    async def get_run(self, request: runs.GetRunRequest, ctx: CallContext) -> runs.GetRunResponse:
-        async def call(c: UpstreamClients, timeout_ms: int) -> runs.GetRunResponse:
-            return await c.runs.get_run(request, timeout_ms=timeout_ms)
+    async def _on_run(
+        self,
+        rpc: str,
+        request: _RunRequest,
+        ctx: CallContext,
+        method: Callable[[UpstreamClients], Callable[..., Awaitable[T]]],
+    ) -> T:
+        """Send `request` to the owner of its run with the client method `method` picks."""
 
-        _, answer = await self._on_run_owner("GetRun", request.run_id, ctx, call)
+        async def call(c: UpstreamClients, timeout_ms: int) -> T:
+            return await method(c)(request, timeout_ms=timeout_ms)
+
+        owner, answer = await self._on_run_owner(rpc, request.run_id, ctx, call)
+        new_run_id = getattr(answer, "new_run_id", "")
+        if new_run_id:  # a retry's new run lives where the original did
+            self._owners.put(new_run_id, owner)
         return answer
+
+    async def get_run(self, request: runs.GetRunRequest, ctx: CallContext) -> runs.GetRunResponse:
+        return await self._on_run("GetRun", request, ctx, lambda c: c.runs.get_run)
 
     async def get_run_steps(
         self, request: runs.GetRunStepsRequest, ctx: CallContext
     ) -> runs.GetRunStepsResponse:
-        async def call(c: UpstreamClients, timeout_ms: int) -> runs.GetRunStepsResponse:
-            return await c.runs.get_run_steps(request, timeout_ms=timeout_ms)
-
-        _, answer = await self._on_run_owner("GetRunSteps", request.run_id, ctx, call)
-        return answer
+        return await self._on_run("GetRunSteps", request, ctx, lambda c: c.runs.get_run_steps)
 
     async def get_run_timeline(
         self, request: runs.GetRunTimelineRequest, ctx: CallContext
     ) -> runs.GetRunTimelineResponse:
-        async def call(c: UpstreamClients, timeout_ms: int) -> runs.GetRunTimelineResponse:
-            return await c.runs.get_run_timeline(request, timeout_ms=timeout_ms)
-
-        _, answer = await self._on_run_owner("GetRunTimeline", request.run_id, ctx, call)
-        return answer
+        return await self._on_run("GetRunTimeline", request, ctx, lambda c: c.runs.get_run_timeline)
 
     async def get_run_logs(
         self, request: runs.GetRunLogsRequest, ctx: CallContext
     ) -> runs.GetRunLogsResponse:
-        async def call(c: UpstreamClients, timeout_ms: int) -> runs.GetRunLogsResponse:
-            return await c.runs.get_run_logs(request, timeout_ms=timeout_ms)
-
-        _, answer = await self._on_run_owner("GetRunLogs", request.run_id, ctx, call)
-        return answer
+        return await self._on_run("GetRunLogs", request, ctx, lambda c: c.runs.get_run_logs)
 
     async def retry_run(
         self, request: runs.RetryRunRequest, ctx: CallContext
     ) -> runs.RetryRunResponse:
-        async def call(c: UpstreamClients, timeout_ms: int) -> runs.RetryRunResponse:
-            return await c.runs.retry_run(request, timeout_ms=timeout_ms)
-
-        owner, answer = await self._on_run_owner("RetryRun", request.run_id, ctx, call)
-        if answer.new_run_id:
-            self._owners.put(answer.new_run_id, owner)
-        return answer
+        return await self._on_run("RetryRun", request, ctx, lambda c: c.runs.retry_run)
 
     async def retry_from_step(
         self, request: runs.RetryFromStepRequest, ctx: CallContext
     ) -> runs.RetryFromStepResponse:
-        async def call(c: UpstreamClients, timeout_ms: int) -> runs.RetryFromStepResponse:
-            return await c.runs.retry_from_step(request, timeout_ms=timeout_ms)
-
-        owner, answer = await self._on_run_owner("RetryFromStep", request.run_id, ctx, call)
-        if answer.new_run_id:
-            self._owners.put(answer.new_run_id, owner)
-        return answer
+        return await self._on_run("RetryFromStep", request, ctx, lambda c: c.runs.retry_from_step)
 
     async def cancel_run(
         self, request: runs.CancelRunRequest, ctx: CallContext
     ) -> runs.CancelRunResponse:
-        async def call(c: UpstreamClients, timeout_ms: int) -> runs.CancelRunResponse:
-            return await c.runs.cancel_run(request, timeout_ms=timeout_ms)
-
-        _, answer = await self._on_run_owner("CancelRun", request.run_id, ctx, call)
-        return answer
+        return await self._on_run("CancelRun", request, ctx, lambda c: c.runs.cancel_run)
 
     async def pause_run(
         self, request: runs.PauseRunRequest, ctx: CallContext
     ) -> runs.PauseRunResponse:
-        async def call(c: UpstreamClients, timeout_ms: int) -> runs.PauseRunResponse:
-            return await c.runs.pause_run(request, timeout_ms=timeout_ms)
-
-        _, answer = await self._on_run_owner("PauseRun", request.run_id, ctx, call)
-        return answer
+        return await self._on_run("PauseRun", request, ctx, lambda c: c.runs.pause_run)
 
     async def resume_run(
         self, request: runs.ResumeRunRequest, ctx: CallContext
     ) -> runs.ResumeRunResponse:
-        async def call(c: UpstreamClients, timeout_ms: int) -> runs.ResumeRunResponse:
-            return await c.runs.resume_run(request, timeout_ms=timeout_ms)
-
-        _, answer = await self._on_run_owner("ResumeRun", request.run_id, ctx, call)
-        return answer
+        return await self._on_run("ResumeRun", request, ctx, lambda c: c.runs.resume_run)
 
     async def skip_step(
         self, request: runs.SkipStepRequest, ctx: CallContext
     ) -> runs.SkipStepResponse:
-        async def call(c: UpstreamClients, timeout_ms: int) -> runs.SkipStepResponse:
-            return await c.runs.skip_step(request, timeout_ms=timeout_ms)
-
-        _, answer = await self._on_run_owner("SkipStep", request.run_id, ctx, call)
-        return answer
+        return await self._on_run("SkipStep", request, ctx, lambda c: c.runs.skip_step)
 
     # --- RunService: bulk actions -------------------------------------------------------
     async def _owners_of(
@@ -684,32 +677,44 @@ class GatewayAdapter(EngineAdapter):
                 return owners
         return None
 
+    async def _merged_analytics(
+        self,
+        rpc: str,
+        request: _FilteredRequest,
+        ctx: CallContext,
+        method: Callable[[UpstreamClients], Callable[..., Awaitable[T]]],
+    ) -> dict[str, T]:
+        """Ask the instances the request's filter concerns; answers by instance id."""
+
+        async def call(c: UpstreamClients, timeout_ms: int) -> T:
+            return await method(c)(request, timeout_ms=timeout_ms)
+
+        scope = self._analytics_scope(request.filter.subsystem_id, request.filter.workflow_id)
+        return await self._gather(rpc, ctx, call, scope)
+
     async def get_throughput(
         self, request: analytics.GetThroughputRequest, ctx: CallContext
     ) -> analytics.GetThroughputResponse:
-        async def call(c: UpstreamClients, timeout_ms: int) -> analytics.GetThroughputResponse:
-            return await c.analytics.get_throughput(request, timeout_ms=timeout_ms)
-
-        scope = self._analytics_scope(request.filter.subsystem_id, request.filter.workflow_id)
-        return merge.merge_throughput(await self._gather("GetThroughput", ctx, call, scope))
+        answers = await self._merged_analytics(
+            "GetThroughput", request, ctx, lambda c: c.analytics.get_throughput
+        )
+        return merge.merge_throughput(answers)
 
     async def get_failure_rate(
         self, request: analytics.GetFailureRateRequest, ctx: CallContext
     ) -> analytics.GetFailureRateResponse:
-        async def call(c: UpstreamClients, timeout_ms: int) -> analytics.GetFailureRateResponse:
-            return await c.analytics.get_failure_rate(request, timeout_ms=timeout_ms)
-
-        scope = self._analytics_scope(request.filter.subsystem_id, request.filter.workflow_id)
-        return merge.merge_failure_rate(await self._gather("GetFailureRate", ctx, call, scope))
+        answers = await self._merged_analytics(
+            "GetFailureRate", request, ctx, lambda c: c.analytics.get_failure_rate
+        )
+        return merge.merge_failure_rate(answers)
 
     async def get_step_heatmap(
         self, request: analytics.GetStepHeatmapRequest, ctx: CallContext
     ) -> analytics.GetStepHeatmapResponse:
-        async def call(c: UpstreamClients, timeout_ms: int) -> analytics.GetStepHeatmapResponse:
-            return await c.analytics.get_step_heatmap(request, timeout_ms=timeout_ms)
-
-        scope = self._analytics_scope(request.filter.subsystem_id, request.filter.workflow_id)
-        return merge.merge_heatmap(await self._gather("GetStepHeatmap", ctx, call, scope))
+        answers = await self._merged_analytics(
+            "GetStepHeatmap", request, ctx, lambda c: c.analytics.get_step_heatmap
+        )
+        return merge.merge_heatmap(answers)
 
     async def get_latency(
         self, request: analytics.GetLatencyRequest, ctx: CallContext

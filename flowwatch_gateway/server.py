@@ -25,7 +25,7 @@ import signal
 import ssl
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +127,39 @@ async def serve_pyvoy(config: GatewayConfig) -> int:
 
 async def _supervise_envoy(config: GatewayConfig, control_socket: str) -> int:
     server = envoy_server(config, control_socket)
+
+    def started() -> None:
+        scheme = "https" if config.tls_enabled else "http"
+        log.info(
+            "flowwatch-gateway listening on %s://%s:%d (pyvoy: HTTP/1.1, HTTP/2%s)",
+            scheme,
+            server.listener_address,
+            server.listener_port,
+            ", mTLS" if config.tls_client_ca else "",
+        )
+
+    return await supervise_envoy(
+        server,
+        control_socket,
+        drain_timeout=DRAIN_TIMEOUT_SECONDS,
+        what=f"the gateway on {config.addr}",
+        on_started=started,
+    )
+
+
+async def supervise_envoy(
+    server: PyvoyServer,
+    control_socket: str,
+    *,
+    drain_timeout: float,
+    what: str,
+    on_started: Callable[[], None] | None = None,
+) -> int:
+    """Run an Envoy child until SIGTERM/SIGINT (exit 0) or until it dies (exit 1).
+
+    On a requested stop the app is asked to drain over its control socket first,
+    because Envoy cuts open streams the moment it gets SIGTERM itself.
+    """
     stop_requested = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -134,16 +167,10 @@ async def _supervise_envoy(config: GatewayConfig, control_socket: str) -> int:
     try:
         await server.start()
     except StartupError:
-        log.error("Envoy failed to start on %s; see its log lines above", config.addr)
+        log.error("Envoy failed to start %s; see its log lines above", what)
         return 1
-    scheme = "https" if config.tls_enabled else "http"
-    log.info(
-        "flowwatch-gateway listening on %s://%s:%d (pyvoy: HTTP/1.1, HTTP/2%s)",
-        scheme,
-        server.listener_address,
-        server.listener_port,
-        ", mTLS" if config.tls_client_ca else "",
-    )
+    if on_started is not None:
+        on_started()
     envoy_exit = asyncio.create_task(server.wait())
     stop = asyncio.create_task(stop_requested.wait())
     await asyncio.wait({envoy_exit, stop}, return_when=asyncio.FIRST_COMPLETED)
@@ -151,8 +178,8 @@ async def _supervise_envoy(config: GatewayConfig, control_socket: str) -> int:
     if not stop_requested.is_set():
         log.error("Envoy exited unexpectedly with status %s", envoy_exit.result())
         return 1
-    log.info("stopping: disconnecting subsystems")
-    await request_drain(control_socket, within=DRAIN_TIMEOUT_SECONDS)
+    log.info("stopping %s", what)
+    await request_drain(control_socket, within=drain_timeout)
     await server.stop()
     status = await envoy_exit
     if status != 0:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 import tempfile
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -24,15 +23,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-from pyvoy import PyvoyServer, StartupError
+from pyvoy import PyvoyServer
 from starlette.applications import Starlette
 
 from flowwatch_gateway import exit_guard
 from flowwatch_gateway.client import Backoff, ClientOptions, connect_to_gateway
 from flowwatch_gateway.config import format_go_duration, parse_go_duration
-from flowwatch_gateway.control import CONTROL_SOCKET_ENV, request_drain, serve_control_socket
+from flowwatch_gateway.control import CONTROL_SOCKET_ENV, serve_control_socket
 from flowwatch_gateway.demo.app import create_demo_app
 from flowwatch_gateway.demo.engine import InMemoryEngine
+from flowwatch_gateway.server import supervise_envoy
 
 log = logging.getLogger(__name__)
 
@@ -212,31 +212,9 @@ async def serve_subsystem(settings: SubsystemSettings) -> int:
 
 
 async def _supervise(settings: SubsystemSettings, control_socket: str) -> int:
-    server = envoy_server(settings, control_socket)
-    stop_requested = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop_requested.set)
-    try:
-        await server.start()
-    except StartupError:
-        log.error(
-            "Envoy failed to start demo subsystem %s on %s:%d; see its log lines above",
-            settings.subsystem_id,
-            settings.host,
-            settings.port,
-        )
-        return 1
-    envoy_exit = asyncio.create_task(server.wait())
-    stop = asyncio.create_task(stop_requested.wait())
-    await asyncio.wait({envoy_exit, stop}, return_when=asyncio.FIRST_COMPLETED)
-    stop.cancel()
-    if not stop_requested.is_set():
-        log.error("Envoy exited unexpectedly with status %s", envoy_exit.result())
-        return 1
-    await request_drain(control_socket, within=LEAVE_TIMEOUT_SECONDS)
-    await server.stop()
-    status = await envoy_exit
-    if status != 0:
-        log.warning("Envoy exited with status %s during shutdown", status)
-    return 0
+    return await supervise_envoy(
+        envoy_server(settings, control_socket),
+        control_socket,
+        drain_timeout=LEAVE_TIMEOUT_SECONDS,
+        what=f"demo subsystem {settings.subsystem_id} on {settings.host}:{settings.port}",
+    )
