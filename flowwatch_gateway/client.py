@@ -47,6 +47,7 @@ from flowwatch_gateway.gen.flowwatch.v1 import (
 from flowwatch_gateway.gen.flowwatch.v1 import (
     workflow_service_pb2 as wf,
 )
+from flowwatch_gateway.urls import http_url_problem
 
 log = logging.getLogger(__name__)
 # Programs using this client exit through pyqwest's shutdown race (see exit_guard).
@@ -170,7 +171,7 @@ class ClientOptions:
             ("gateway_url", self.gateway_url),
             ("local_endpoint", self.local_endpoint),
         ):
-            problem = _url_problem(url)
+            problem = http_url_problem(url)
             if problem:
                 raise ValueError(
                     f"{name} must be an absolute http(s) URL such as http://127.0.0.1:8091, "
@@ -181,19 +182,6 @@ class ClientOptions:
                 f"timeouts must be greater than 0, got register_timeout={self.register_timeout} "
                 f"local_timeout={self.local_timeout}"
             )
-
-
-def _url_problem(url: str) -> str:
-    try:
-        parts = urlsplit(url)
-        _ = parts.port  # raises ValueError on a malformed port
-    except ValueError as exc:
-        return str(exc)
-    if parts.scheme not in ("http", "https"):
-        return "scheme must be http or https"
-    if not parts.hostname:
-        return "no host"
-    return ""
 
 
 def _base_url(url: str) -> str:

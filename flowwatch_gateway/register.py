@@ -14,7 +14,6 @@ import contextlib
 import hmac
 import logging
 from collections.abc import AsyncIterator
-from urllib.parse import urlsplit
 
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
@@ -33,6 +32,7 @@ from flowwatch_gateway.gen.flowwatch.v1.gateway_service_pb2 import (
     SubsystemMessage,
 )
 from flowwatch_gateway.registry import Registry, SubsystemInstance
+from flowwatch_gateway.urls import http_url_problem
 
 log = logging.getLogger(__name__)
 
@@ -46,26 +46,13 @@ def validate_register_request(request: RegisterRequest) -> None:
     if not request.subsystem_id.strip():
         raise ConnectError(Code.INVALID_ARGUMENT, "RegisterRequest.subsystem_id is required")
     endpoint = request.flowwatch_endpoint
-    problem = _endpoint_problem(endpoint)
+    problem = http_url_problem(endpoint)
     if problem:
         raise ConnectError(
             Code.INVALID_ARGUMENT,
             f"RegisterRequest.flowwatch_endpoint must be an absolute http(s) URL with a host "
             f"(e.g. http://orders:8080), got {endpoint!r}: {problem}",
         )
-
-
-def _endpoint_problem(endpoint: str) -> str:
-    try:
-        parts = urlsplit(endpoint)
-        _ = parts.port  # raises ValueError on a malformed port
-    except ValueError as exc:
-        return str(exc)
-    if parts.scheme not in ("http", "https"):
-        return "scheme must be http or https"
-    if not parts.hostname:
-        return "no host"
-    return ""
 
 
 class _Session:
