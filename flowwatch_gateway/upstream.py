@@ -25,6 +25,8 @@ from flowwatch_gateway import exit_guard
 from flowwatch_gateway.gen.flowwatch.v1 import (
     analytics_service_connect,
     run_service_connect,
+    search_service_connect,
+    stream_service_connect,
     workflow_service_connect,
     workflow_service_pb2,
 )
@@ -71,6 +73,8 @@ class UpstreamClients:
     workflows: workflow_service_connect.WorkflowServiceClient = field(init=False)
     runs: run_service_connect.RunServiceClient = field(init=False)
     analytics: analytics_service_connect.AnalyticsServiceClient = field(init=False)
+    stream: stream_service_connect.StreamServiceClient = field(init=False)
+    search: search_service_connect.SearchServiceClient = field(init=False)
 
     def __post_init__(self) -> None:
         http = pyqwest.Client(self.transport)
@@ -82,6 +86,12 @@ class UpstreamClients:
             address, protocol=ProtocolType.CONNECT, send_compression=None, http_client=http
         )
         self.analytics = analytics_service_connect.AnalyticsServiceClient(
+            address, protocol=ProtocolType.CONNECT, send_compression=None, http_client=http
+        )
+        self.stream = stream_service_connect.StreamServiceClient(
+            address, protocol=ProtocolType.CONNECT, send_compression=None, http_client=http
+        )
+        self.search = search_service_connect.SearchServiceClient(
             address, protocol=ProtocolType.CONNECT, send_compression=None, http_client=http
         )
 
