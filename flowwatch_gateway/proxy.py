@@ -38,6 +38,7 @@ from flowwatch_gateway.gen.flowwatch.v1 import run_service_pb2 as runs
 from flowwatch_gateway.gen.flowwatch.v1 import types_pb2 as types
 from flowwatch_gateway.gen.flowwatch.v1 import workflow_service_pb2 as wf
 from flowwatch_gateway.ordering import resolve_order
+from flowwatch_gateway.proxy_live import LiveProxyMixin
 from flowwatch_gateway.registry import Registry, SubsystemInstance
 from flowwatch_gateway.routing import RunOwnerCache
 from flowwatch_gateway.upstream import UpstreamClients, negotiate, open_clients
@@ -76,7 +77,7 @@ RETRYABLE_DISCOVERY_CODES = (Code.UNAVAILABLE, Code.DEADLINE_EXCEEDED)
 CLOSE_TIMEOUT_S = 2.0
 
 
-class GatewayAdapter(EngineAdapter):
+class GatewayAdapter(LiveProxyMixin, EngineAdapter):
     """Proxies the FlowWatch API to the subsystems in the registry."""
 
     def __init__(self, registry: Registry, config: GatewayConfig) -> None:
