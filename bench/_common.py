@@ -21,6 +21,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass
@@ -40,6 +41,8 @@ EXIT_INTERRUPTED = 130
 EXIT_FAILED = 1
 # The lead's atexit hook against pyqwest aborting during interpreter finalization.
 EXIT_GUARD_MODULE = "flowwatch_gateway.exit_guard"
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 T = TypeVar("T")
 
@@ -121,13 +124,23 @@ def parse_concurrency(text: str) -> tuple[int, ...]:
 # --- timing ---------------------------------------------------------------------------------
 
 
+class BenchmarkInterrupted(Exception):
+    """Ctrl-C or SIGTERM arrived while calls were being timed."""
+
+
+# Set from the event loop's signal handler (see run_async). Timing loops check it
+# between calls because cancelling a task does not reliably stop a connectrpc call:
+# the client may turn the cancellation into an error or finish the call anyway.
+_stop_requested = threading.Event()
+
+
 async def _drive(call: Callable[[], Awaitable[object]], calls: int, concurrency: int) -> Sample:
     latencies: list[float] = []
     remaining = calls
 
     async def worker() -> None:
         nonlocal remaining
-        while remaining > 0:
+        while remaining > 0 and not _stop_requested.is_set():
             remaining -= 1
             started = time.perf_counter()
             await call()
@@ -138,6 +151,8 @@ async def _drive(call: Callable[[], Awaitable[object]], calls: int, concurrency:
         for _ in range(min(concurrency, calls)):
             group.create_task(worker())
     elapsed = time.perf_counter() - started
+    if _stop_requested.is_set():
+        raise BenchmarkInterrupted
     return Sample(calls, concurrency, elapsed, tuple(latencies))
 
 
@@ -372,14 +387,38 @@ def report_exits(statuses: dict[str, int]) -> bool:
 
 
 def run_async(work: Coroutine[Any, Any, T]) -> T:
-    """asyncio.run, then collect garbage while the interpreter is still intact.
+    """asyncio.run with Ctrl-C/SIGTERM turned into KeyboardInterrupt once the loop is done.
 
-    pyqwest 0.12 can abort (SIGABRT) during interpreter finalization when its objects
-    are still around; collecting right after the loop has finished avoids that.
+    The signal stops the timing loops and cancels the work; whatever that surfaces as
+    (CancelledError, a connectrpc CANCELED error, BenchmarkInterrupted) becomes one
+    KeyboardInterrupt, so the caller's cleanup runs outside the loop. Afterwards garbage
+    is collected while the interpreter is intact: pyqwest 0.12 can abort (SIGABRT)
+    during finalization otherwise.
     """
+    previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+
+    async def guarded() -> T:
+        loop = asyncio.get_running_loop()
+        main = asyncio.current_task()
+        assert main is not None
+
+        def stop() -> None:
+            _stop_requested.set()
+            main.cancel()
+
+        for sig in STOP_SIGNALS:
+            loop.add_signal_handler(sig, stop)
+        return await work
+
     try:
-        return asyncio.run(work)
+        return asyncio.run(guarded())
+    except BaseException:
+        if _stop_requested.is_set():
+            raise KeyboardInterrupt from None
+        raise
     finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         gc.collect()
 
 
@@ -401,6 +440,11 @@ def run_benchmark(benchmark: Callable[[], int]) -> int:
     except KeyboardInterrupt:
         print("interrupted; child processes stopped", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+def note(text: str) -> None:
+    """A status line on stderr; stdout carries only the results."""
+    print(f"  {text}", file=sys.stderr, flush=True)
 
 
 def progress(what: str, sample: Sample) -> None:

@@ -198,6 +198,7 @@ async def measure_all(
     direct = next(api for api in subsystems if api.name == DIRECT_SUBSYSTEM)
     try:
         await wait_until_discovered(gateway, subsystems)
+        _common.note(f"all {len(subsystems)} subsystems connected and discovered; timing")
         first = await direct.runs.list_runs(
             run_service_pb2.ListRunsRequest(pagination=types_pb2.PaginationRequest(limit=1))
         )

@@ -184,6 +184,7 @@ async def measure_all(endpoint: str, args: argparse.Namespace) -> list[Row]:
     ]
     try:
         run_id = await first_run_id(endpoint)
+        _common.note(f"timing against {endpoint} (run {run_id})")
         rows: list[Row] = []
         for rpc in ("GetRun", "GetCapabilities"):
             for concurrency in levels:
