@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
-import importlib
 import math
 import os
 import platform
@@ -34,13 +32,13 @@ from typing import IO, Any, TypeVar
 import httpx
 import pyqwest
 
+from flowwatch_gateway.exit_guard import install as install_exit_guard
+
 ROOT = Path(__file__).resolve().parent.parent
 STARTUP_TIMEOUT_SECONDS = 60.0
 STOP_TIMEOUT_SECONDS = 15.0
 EXIT_INTERRUPTED = 130
 EXIT_FAILED = 1
-# The lead's atexit hook against pyqwest aborting during interpreter finalization.
-EXIT_GUARD_MODULE = "flowwatch_gateway.exit_guard"
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -391,9 +389,7 @@ def run_async(work: Coroutine[Any, Any, T]) -> T:
 
     The signal stops the timing loops and cancels the work; whatever that surfaces as
     (CancelledError, a connectrpc CANCELED error, BenchmarkInterrupted) becomes one
-    KeyboardInterrupt, so the caller's cleanup runs outside the loop. Afterwards garbage
-    is collected while the interpreter is intact: pyqwest 0.12 can abort (SIGABRT)
-    during finalization otherwise.
+    KeyboardInterrupt, so the caller's cleanup runs outside the loop.
     """
     previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
 
@@ -419,7 +415,6 @@ def run_async(work: Coroutine[Any, Any, T]) -> T:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        gc.collect()
 
 
 def _sigterm_as_interrupt(signum: int, frame: FrameType | None) -> None:
@@ -432,8 +427,8 @@ def run_benchmark(benchmark: Callable[[], int]) -> int:
     Children are started and stopped outside the event loop, so an interrupt during
     startup lands at once and the `children()` block still stops everything.
     """
-    with contextlib.suppress(ImportError):
-        importlib.import_module(EXIT_GUARD_MODULE)
+    # pyqwest 0.12 can abort (exit 134) during interpreter finalization without it.
+    install_exit_guard()
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     try:
         return benchmark()
