@@ -8,8 +8,10 @@ upstream stream that fails is logged and the others carry on; the call ends with
 error only when every upstream failed before anything was relayed. Instances that
 register after a stream started are not added to it: the UI reconnects its streams
 and then gets them. Upstream streams get no deadline of their own (only the
-caller's, when it set one), and are closed when the caller goes away or the
-gateway stops.
+caller's, when it set one), and are closed when the gateway stops or the caller
+goes away. The gateway's ASGI guard (asgi_guard.py) hides client disconnects from
+handlers, so a departed caller is only noticed when the next event fails to send:
+a WatchRuns stream over quiet subsystems keeps its upstream streams open until then.
 
 Search: calls fan out and merge with `merge_search`; Explain asks one instance.
 An instance answering `unimplemented` (no search engine) is left out rather than
