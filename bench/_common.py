@@ -177,8 +177,10 @@ def machine_banner() -> str:
     versions = ", ".join(
         f"{name} {metadata.version(name)}" for name in ("connectrpc", "pyqwest", "pyvoy", "httpx")
     )
+    # Other work on the machine skews absolute numbers; the load average says how much.
+    load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
     return (
-        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, nproc {os.cpu_count()}, "
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, nproc {os.cpu_count()}, load {load}, "
         f"Python {platform.python_version()} ({platform.machine()}); {versions}"
     )
 
