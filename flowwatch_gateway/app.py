@@ -18,7 +18,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import BaseRoute, Mount, Route
 
 from flowwatch_gateway.adapter import APPROXIMATE_HEADER, PARTIAL_FAILURE_HEADER
-from flowwatch_gateway.asgi_guard import StopReadingAfterBody
+from flowwatch_gateway.asgi_guard import GuardReceiveAfterBody
 from flowwatch_gateway.config import GatewayConfig
 from flowwatch_gateway.control import serve_control_socket
 from flowwatch_gateway.health import HealthMonitor
@@ -115,7 +115,7 @@ def create_app(
     app = Starlette(
         routes=routes,
         middleware=[
-            Middleware(StopReadingAfterBody),
+            Middleware(GuardReceiveAfterBody),
             Middleware(
                 CORSMiddleware,
                 allow_origins=list(config.ui_origins),

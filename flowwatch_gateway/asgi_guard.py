@@ -1,16 +1,20 @@
-"""Keep handlers from reading past the end of a request body.
+"""Keep connectrpc's disconnect watch from spinning on pyvoy's receive().
 
-connectrpc watches for a client disconnect by calling receive() again once the
-body is complete, and cancels that call when the handler finishes. Under pyvoy
-1.3 a cancelled receive() whose message arrives later raises InvalidStateError
-inside pyvoy's executor and, with other streams open on the same worker, wedged
-request delivery for the whole gateway (measured: an empty-body ListRuns fanned
-out to subsystems hung it and every Register stream went stale). This middleware
-answers receive() calls after the body's end itself, without asking the server,
-so no server-side receive is ever left pending and cancelled.
+Once a request body is complete, connectrpc watches for a client disconnect by
+calling receive() in a loop until it returns http.disconnect, and cancels that
+watch when the handler ends. pyvoy 1.3 answers those calls with further empty
+http.request messages, at times without suspending (seen with empty request
+bodies over HTTP/2), so the loop spun and starved the event loop whenever a
+handler awaited something: an empty-body ListRuns fanned out to subsystems hung
+the whole gateway and every Register stream went stale. Cancelling the watch also
+left pyvoy futures to be set after cancellation (InvalidStateError in the log).
 
-The cost: a unary handler is not told that its client went away; it still ends
-at its own deadline (the upstream timeout bounds every proxied call).
+This middleware reads past the body's end itself, in one task per request that
+polls with backoff and is never cancelled: it ends when the server reports the
+disconnect (every server does once the response is complete or the client has
+gone) and then wakes the app's receive() calls, which wait on an event and may be
+cancelled freely. Clients that leave are still noticed (within MAX_POLL_S), so
+server streams stop when their client goes.
 """
 
 from __future__ import annotations
@@ -19,8 +23,15 @@ import asyncio
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+FIRST_POLL_S = 0.01
+MAX_POLL_S = 1.0
 
-class StopReadingAfterBody:
+# Watch tasks hold a pending server receive() until the server ends the request;
+# keeping references here stops them from being garbage collected meanwhile.
+_WATCHERS: set[asyncio.Task[None]] = set()
+
+
+class GuardReceiveAfterBody:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
@@ -29,20 +40,38 @@ class StopReadingAfterBody:
             await self.app(scope, receive, send)
             return
         body_complete = False
-        response_done = asyncio.Event()
+        disconnected = asyncio.Event()
+        watcher: asyncio.Task[None] | None = None
+
+        async def wait_for_disconnect() -> None:
+            delay = FIRST_POLL_S
+            try:
+                while (await receive())["type"] != "http.disconnect":
+                    # pyvoy answers receive() after the body's end with more empty
+                    # http.request messages, at times without suspending: re-asking at
+                    # once would spin and starve the event loop. Poll with backoff.
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, MAX_POLL_S)
+            finally:
+                disconnected.set()
 
         async def guarded_receive() -> Message:
-            nonlocal body_complete
-            if body_complete:
-                # Nothing more will come but a disconnect; wait for the response instead.
-                await response_done.wait()
-                return {"type": "http.disconnect"}
-            message = await receive()
-            if message["type"] == "http.request" and not message.get("more_body", False):
-                body_complete = True
-            return message
+            nonlocal body_complete, watcher
+            if not body_complete:
+                message = await receive()
+                if message["type"] == "http.request" and not message.get("more_body", False):
+                    body_complete = True
+                return message
+            if watcher is None:
+                watcher = asyncio.ensure_future(wait_for_disconnect())
+                _WATCHERS.add(watcher)
+                watcher.add_done_callback(_WATCHERS.discard)
+            await disconnected.wait()
+            return {"type": "http.disconnect"}
 
-        try:
-            await self.app(scope, guarded_receive, send)
-        finally:
-            response_done.set()
+        await self.app(scope, guarded_receive, send)
+
+
+def pending_watchers() -> int:
+    """How many requests still wait for their server's disconnect (for tests/metrics)."""
+    return len(_WATCHERS)

@@ -325,19 +325,19 @@ def established_connections(port: int) -> int:
 
 
 async def test_clients_going_away_close_the_upstream_streams(stack: Stack) -> None:
-    """WatchStats sends every second, so the gateway learns of a departed client promptly.
-
-    (The gateway's ASGI guard hides disconnects from handlers, so a stream only sees
-    that its client left when it next sends; see asgi_guard.py.)
-    """
+    """Idle WatchRuns streams (nothing happens after the snapshot) are closed upstream
+    as soon as their clients leave: the gateway notices the disconnect itself rather
+    than at its next send (see asgi_guard.py)."""
     port = int(stack.endpoints["orders"].rsplit(":", 1)[1])
     streams = gateway_streams(stack)
     opened = 4
 
     async def watch_forever(started: asyncio.Event) -> None:
         try:
-            async for _ in streams.watch_stats(
-                stream_service_pb2.WatchStatsRequest(interval_seconds=1)
+            async for _ in streams.watch_runs(
+                stream_service_pb2.WatchRunsRequest(
+                    include_initial_snapshot=True, subsystem_ids=["orders"]
+                )
             ):
                 started.set()
         except ConnectError as exc:  # how connectrpc reports the cancellation below
