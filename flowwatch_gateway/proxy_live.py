@@ -9,9 +9,8 @@ error only when every upstream failed before anything was relayed. Instances tha
 register after a stream started are not added to it: the UI reconnects its streams
 and then gets them. Upstream streams get no deadline of their own (only the
 caller's, when it set one), and are closed when the gateway stops or the caller
-goes away. The gateway's ASGI guard (asgi_guard.py) hides client disconnects from
-handlers, so a departed caller is only noticed when the next event fails to send:
-a WatchRuns stream over quiet subsystems keeps its upstream streams open until then.
+goes away (the ASGI guard in asgi_guard.py reports a departed caller within a
+second, even on a quiet stream).
 
 Search: calls fan out and merge with `merge_search`; Explain asks one instance.
 An instance answering `unimplemented` (no search engine) is left out rather than
