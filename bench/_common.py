@@ -9,6 +9,7 @@ group kill removes anything that hangs.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import math
@@ -117,6 +118,14 @@ def parse_concurrency(text: str) -> tuple[int, ...]:
     if not levels or any(level < 1 for level in levels):
         raise ValueError(f"--concurrency needs levels of at least 1, got {text!r}")
     return levels
+
+
+def concurrency_option(text: str) -> tuple[int, ...]:
+    """parse_concurrency for argparse, which shows only ArgumentTypeError messages."""
+    try:
+        return parse_concurrency(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 # --- timing ---------------------------------------------------------------------------------

@@ -269,7 +269,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=100, help="untimed calls before each")
     parser.add_argument(
         "--concurrency",
-        type=_common.parse_concurrency,
+        type=_common.concurrency_option,
         default=(1, 16),
         help="comma-separated numbers of calls in flight (default 1,16)",
     )
