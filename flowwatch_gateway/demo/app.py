@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import BaseRoute, Route
 
+from flowwatch_gateway.asgi_guard import GuardReceiveAfterBody
 from flowwatch_gateway.demo.engine import InMemoryEngine
 from flowwatch_gateway.services import flowwatch_routes
 
@@ -19,4 +21,5 @@ def create_demo_app(engine: InMemoryEngine) -> Starlette:
     """Starlette app serving `engine` at the FlowWatch service paths, plus GET /healthz."""
     routes: list[BaseRoute] = [Route("/healthz", _healthz, methods=["GET"])]
     routes.extend(flowwatch_routes(engine))
-    return Starlette(routes=routes)
+    # Served by pyvoy like the gateway, so it gets the same receive() guard.
+    return Starlette(routes=routes, middleware=[Middleware(GuardReceiveAfterBody)])
