@@ -15,8 +15,15 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 from harness import GatewayProcess, free_port, start_gateway, subsystem_states
-from test_proxy_e2e import post, wait_until
-from upstreams import Process, dead_endpoint, hung_endpoint, start_demo_server, start_registrar
+from upstreams import (
+    Process,
+    dead_endpoint,
+    hung_endpoint,
+    post,
+    start_demo_server,
+    start_registrar,
+    wait_until,
+)
 
 UPSTREAM_TIMEOUT_S = 1.0
 # Generous bound for "answered within the deadline" on a loaded 2-core CI machine.

@@ -7,10 +7,7 @@ through the gateway are checked against the subsystems' own answers.
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
-from datetime import UTC, datetime
 
 import httpx
 import pyqwest
@@ -18,8 +15,8 @@ import pytest
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 from connectrpc.protocol import ProtocolType
-from harness import GatewayProcess, http2_client, start_gateway, subsystem_states
-from upstreams import Process, start_demo_server, start_registrar
+from harness import http2_client
+from upstreams import DemoStack, demo_stack, post
 
 from flowwatch_gateway.gen.flowwatch.v1 import (
     analytics_service_connect,
@@ -37,70 +34,15 @@ pytestmark = pytest.mark.anyio
 SUBSYSTEMS = {"orders": 1, "payments": 2, "shipping": 3}
 
 
-@dataclass
-class Stack:
-    gateway: GatewayProcess
-    endpoints: dict[str, str]
-    processes: list[Process]
-
-
-def wait_until(predicate: object, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def post(url: str, rpc: str, body: dict[str, object]) -> httpx.Response:
-    """A Connect JSON unary call, as the browser UI makes it."""
-    return httpx.post(
-        f"{url}/flowwatch.v1.{rpc}",
-        json=body,
-        headers={"Connect-Protocol-Version": "1", "Origin": "http://localhost:5173"},
-        timeout=10,
-    )
+Stack = DemoStack
 
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Stack]:
-    now = datetime.now(UTC).replace(microsecond=0)
-    processes: list[Process] = []
-    with start_gateway(
-        "--heartbeat", "500ms", "--grace-period", "3s", "--upstream-timeout", "1s"
-    ) as gateway:
-        try:
-            endpoints = {}
-            for sid, seed in SUBSYSTEMS.items():
-                proc, endpoint = start_demo_server(sid, seed, now)
-                processes.append(proc)
-                endpoints[sid] = endpoint
-            for sid, endpoint in endpoints.items():
-                processes.append(start_registrar(gateway.url, sid, endpoint))
-            wait_until(
-                lambda: subsystem_states(gateway.url) == dict.fromkeys(SUBSYSTEMS, "connected"),
-                20,
-                "three connected subsystems",
-            )
-            # Discovery (workflows + capabilities fetched from each subsystem) is async.
-            wait_until(
-                lambda: (
-                    post(
-                        gateway.url, "WorkflowService/ListWorkflows", {"pagination": {"limit": 100}}
-                    )
-                    .json()
-                    .get("pagination", {})
-                    .get("totalCount")
-                    == 4 * len(SUBSYSTEMS)
-                ),
-                20,
-                "workflow discovery",
-            )
-            yield Stack(gateway, endpoints, processes)
-        finally:
-            for proc in processes:
-                proc.close()
+    with demo_stack(
+        SUBSYSTEMS, "--heartbeat", "500ms", "--grace-period", "3s", "--upstream-timeout", "1s"
+    ) as running:
+        yield running
 
 
 @pytest.fixture

@@ -12,8 +12,6 @@ import asyncio
 import contextlib
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
 
@@ -21,9 +19,8 @@ import pyqwest
 import pytest
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
-from harness import GatewayProcess, http2_client, start_gateway, subsystem_states
-from test_proxy_e2e import post, wait_until
-from upstreams import Process, start_demo_server, start_registrar
+from harness import http2_client
+from upstreams import DemoStack, demo_stack, wait_until
 
 from flowwatch_gateway.gen.flowwatch.v1 import (
     run_service_connect,
@@ -41,49 +38,15 @@ SUBSYSTEMS = {"orders": 1, "payments": 2}
 T = TypeVar("T")
 
 
-@dataclass
-class Stack:
-    gateway: GatewayProcess
-    endpoints: dict[str, str]
+Stack = DemoStack
 
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Stack]:
-    now = datetime.now(UTC).replace(microsecond=0)
-    processes: list[Process] = []
-    with start_gateway(
-        "--heartbeat", "500ms", "--grace-period", "3s", "--upstream-timeout", "2s"
-    ) as gateway:
-        try:
-            endpoints = {}
-            for sid, seed in SUBSYSTEMS.items():
-                proc, endpoint = start_demo_server(sid, seed, now)
-                processes.append(proc)
-                endpoints[sid] = endpoint
-            for sid, endpoint in endpoints.items():
-                processes.append(start_registrar(gateway.url, sid, endpoint))
-            wait_until(
-                lambda: subsystem_states(gateway.url) == dict.fromkeys(SUBSYSTEMS, "connected"),
-                20,
-                "connected subsystems",
-            )
-            wait_until(
-                lambda: (
-                    post(
-                        gateway.url, "WorkflowService/ListWorkflows", {"pagination": {"limit": 100}}
-                    )
-                    .json()
-                    .get("pagination", {})
-                    .get("totalCount")
-                    == 4 * len(SUBSYSTEMS)
-                ),
-                20,
-                "workflow discovery",
-            )
-            yield Stack(gateway, endpoints)
-        finally:
-            for proc in processes:
-                proc.close()
+    with demo_stack(
+        SUBSYSTEMS, "--heartbeat", "500ms", "--grace-period", "3s", "--upstream-timeout", "2s"
+    ) as running:
+        yield running
 
 
 def direct_http() -> pyqwest.Client:

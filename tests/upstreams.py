@@ -19,13 +19,14 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
-from datetime import datetime
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
 
 import httpx
-from harness import ROOT, clean_env, free_port
+from harness import ROOT, GatewayProcess, clean_env, free_port, start_gateway, subsystem_states
 
 HERE = Path(__file__).resolve().parent
 
@@ -137,6 +138,73 @@ def hung_endpoint() -> Iterator[str]:
 def dead_endpoint() -> str:
     """An endpoint nothing listens on: connections are refused."""
     return f"http://127.0.0.1:{free_port()}"
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def post(url: str, rpc: str, body: dict[str, object]) -> httpx.Response:
+    """A Connect JSON unary call, as the browser UI makes it."""
+    return httpx.post(
+        f"{url}/flowwatch.v1.{rpc}",
+        json=body,
+        headers={"Connect-Protocol-Version": "1", "Origin": "http://localhost:5173"},
+        timeout=10,
+    )
+
+
+@dataclass
+class DemoStack:
+    gateway: GatewayProcess
+    endpoints: dict[str, str]
+
+
+DEMO_WORKFLOWS_PER_SUBSYSTEM = 4
+
+
+@contextlib.contextmanager
+def demo_stack(subsystems: Mapping[str, int], *gateway_args: str) -> Iterator[DemoStack]:
+    """A pyvoy gateway with demo subsystems (id -> seed) registered and discovered."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    processes: list[Process] = []
+    with start_gateway(*gateway_args) as gateway:
+        try:
+            endpoints = {}
+            for sid, seed in subsystems.items():
+                proc, endpoint = start_demo_server(sid, seed, now)
+                processes.append(proc)
+                endpoints[sid] = endpoint
+            for sid, endpoint in endpoints.items():
+                processes.append(start_registrar(gateway.url, sid, endpoint))
+            wait_until(
+                lambda: subsystem_states(gateway.url) == dict.fromkeys(subsystems, "connected"),
+                20,
+                "connected subsystems",
+            )
+            # Discovery (workflows + capabilities fetched from each subsystem) is async.
+            wait_until(
+                lambda: (
+                    post(
+                        gateway.url, "WorkflowService/ListWorkflows", {"pagination": {"limit": 100}}
+                    )
+                    .json()
+                    .get("pagination", {})
+                    .get("totalCount")
+                    == DEMO_WORKFLOWS_PER_SUBSYSTEM * len(subsystems)
+                ),
+                20,
+                "workflow discovery",
+            )
+            yield DemoStack(gateway, endpoints)
+        finally:
+            for proc in processes:
+                proc.close()
 
 
 def _serve_demo(args: argparse.Namespace) -> None:
