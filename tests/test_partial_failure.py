@@ -25,7 +25,7 @@ from upstreams import (
     wait_until,
 )
 
-UPSTREAM_TIMEOUT_S = 1.0
+UPSTREAM_TIMEOUT_S = 2.0
 # Generous bound for "answered within the deadline" on a loaded 2-core CI machine.
 ANSWER_BOUND_S = UPSTREAM_TIMEOUT_S + 2.0
 
@@ -42,7 +42,7 @@ def stack() -> Iterator[Stack]:
     with (
         hung_endpoint() as hung,
         start_gateway(
-            "--heartbeat", "500ms", "--grace-period", "5s", "--upstream-timeout", "1s"
+            "--heartbeat", "500ms", "--grace-period", "5s", "--upstream-timeout", "2s"
         ) as gateway,
     ):
         try:
@@ -103,7 +103,8 @@ def test_the_callers_own_deadline_is_respected(stack: Stack) -> None:
         **{"Connect-Timeout-Ms": "400"},
     )
     assert response.status_code == 200, response.text
-    assert elapsed < 0.4 + 0.5
+    # Well below the 2 s upstream timeout the gateway would otherwise wait for `hung`.
+    assert elapsed < 1.2
     assert len(response.json()["runs"]) == 5
     assert failures(response)["hung"] == "timed out"
 
