@@ -153,9 +153,9 @@ async def first_success(
             task.cancel()
         if pending:
             await asyncio.wait(pending)
-            for task in pending:
-                if not task.cancelled():
-                    task.exception()  # retrieved so asyncio does not warn about it
+        for task in tasks:
+            if not task.cancelled():
+                task.exception()  # retrieved, so asyncio does not warn about it
 
 
 def routed_error(instance_id: str, exc: ConnectError) -> ConnectError:

@@ -23,6 +23,7 @@ from google.protobuf.message import Message
 from flowwatch_gateway import cursor as cursors
 from flowwatch_gateway import merge
 from flowwatch_gateway.adapter import CallContext, EngineAdapter
+from flowwatch_gateway.client import list_all_workflows
 from flowwatch_gateway.config import GatewayConfig
 from flowwatch_gateway.fanout import (
     Gathered,
@@ -69,12 +70,11 @@ _FilteredRequest = (
     | analytics.GetLatencyRequest
 )
 _NOT_CONNECTED = ConnectError(Code.UNAVAILABLE, "not connected")
-# Discovery pages through a subsystem's workflows; this bounds a misbehaving one.
-MAX_DISCOVERY_PAGES = 50
 DISCOVERY_FIRST_RETRY_S = 0.5
 DISCOVERY_MAX_RETRY_S = 30.0
 RETRYABLE_DISCOVERY_CODES = (Code.UNAVAILABLE, Code.DEADLINE_EXCEEDED)
 CLOSE_TIMEOUT_S = 2.0
+REPLACED_CLIENTS_GRACE_S = 10.0
 
 
 class GatewayAdapter(LiveProxyMixin, EngineAdapter):
@@ -94,11 +94,21 @@ class GatewayAdapter(LiveProxyMixin, EngineAdapter):
     # --- registry listener: client sets live exactly as long as registrations --------
     def subsystem_registered(self, instance: SubsystemInstance) -> None:
         old = self._clients.pop(instance.id, None)
-        clients = open_clients(instance.id, instance.endpoint)
+        # A reconnect to the same endpoint keeps the HTTP version already negotiated.
+        mode = old.mode if old is not None and old.endpoint == instance.endpoint else None
+        clients = open_clients(instance.id, instance.endpoint, mode)
         self._clients[instance.id] = clients
         if old is not None:
-            self._spawn(old.close())
+            self._spawn(self._close_later(old))
         self._spawn(self._prepare(instance, clients))
+
+    @staticmethod
+    async def _close_later(clients: UpstreamClients) -> None:
+        """Let calls in flight on a replaced client set finish before closing it."""
+        try:
+            await asyncio.sleep(REPLACED_CLIENTS_GRACE_S)
+        finally:
+            await clients.close()
 
     def subsystem_removed(self, instance: SubsystemInstance) -> None:
         self._owners.forget_instance(instance.id)
@@ -177,19 +187,15 @@ class GatewayAdapter(LiveProxyMixin, EngineAdapter):
     async def _fetch_all_workflows(
         clients: UpstreamClients, timeout_ms: int
     ) -> list[types.WorkflowDefinition]:
-        found: list[types.WorkflowDefinition] = []
-        cursor = ""
-        for _ in range(MAX_DISCOVERY_PAGES):
-            response = await clients.workflows.list_workflows(
-                wf.ListWorkflowsRequest(
-                    pagination=types.PaginationRequest(cursor=cursor, limit=MAX_PAGE_SIZE)
-                ),
-                timeout_ms=timeout_ms,
-            )
-            found.extend(response.workflows)
-            cursor = response.pagination.next_cursor
-            if not cursor:
-                break
+        """Every workflow of one instance, each naming its subsystem, within one budget."""
+        try:
+            async with asyncio.timeout(timeout_ms / 1000):
+                found = await list_all_workflows(clients.workflows, timeout_ms)
+        except TimeoutError:
+            raise ConnectError(Code.DEADLINE_EXCEEDED, "ListWorkflows timed out") from None
+        for definition in found:
+            if not definition.subsystem_id:
+                definition.subsystem_id = clients.instance_id
         return found
 
     async def aclose(self) -> None:
@@ -239,20 +245,36 @@ class GatewayAdapter(LiveProxyMixin, EngineAdapter):
         return result.answers
 
     # --- per-run routing ----------------------------------------------------------------
+    def _unreachable(self, exclude: Iterable[str] = ()) -> dict[str, ConnectError]:
+        """Registered instances that cannot be asked now (stale): they might own it."""
+        skip = set(exclude)
+        return {
+            inst.id: ConnectError(Code.UNAVAILABLE, "stale")
+            for inst in self._registry.instances()
+            if inst.state != "connected" and inst.id not in skip
+        }
+
     async def _on_run_owner(
         self,
         rpc: str,
         run_id: str,
         ctx: CallContext,
         call: Callable[[UpstreamClients, int], Awaitable[T]],
+        *,
+        locate_first: bool = False,
     ) -> tuple[str, T]:
-        """Call the instance that owns `run_id`: cached owner first, else ask all at once."""
-        timeout_ms = self._timeout_ms(ctx)
+        """Call the instance that owns `run_id`: cached owner first, else ask all at once.
+
+        With locate_first (actions that change state) an unknown owner is found with
+        GetRun before the call is sent to it alone, so an action never runs on more
+        than one subsystem. `not_found` only when every registered instance could be
+        asked and said so; a stale one might own the run, which makes it unavailable.
+        """
         owner = self._owners.get(run_id)
         owner_clients = self._clients.get(owner) if owner else None
         if owner and owner_clients is not None and self._is_connected(owner):
             try:
-                return owner, await call(owner_clients, timeout_ms)
+                return owner, await call(owner_clients, self._timeout_ms(ctx))
             except ConnectError as exc:
                 if exc.code != Code.NOT_FOUND:
                     raise routed_error(owner, exc) from None
@@ -260,8 +282,26 @@ class GatewayAdapter(LiveProxyMixin, EngineAdapter):
         targets = self._connected()
         if not targets:
             raise ConnectError(Code.UNAVAILABLE, f"{rpc}: no subsystem is connected to the gateway")
-        outcome = await first_success(targets, call, timeout_ms)
+        if locate_first:
+
+            async def probe(c: UpstreamClients, timeout_ms: int) -> runs.GetRunResponse:
+                return await c.runs.get_run(
+                    runs.GetRunRequest(run_id=run_id), timeout_ms=timeout_ms
+                )
+
+            located = await first_success(targets, probe, self._timeout_ms(ctx))
+            if isinstance(located, dict):
+                located.update(self._unreachable(located))
+                raise not_found_or_unavailable(f"run {run_id!r}", located, rpc)
+            owner = located[0]
+            self._owners.put(run_id, owner)
+            try:
+                return owner, await call(self._clients[owner], self._timeout_ms(ctx))
+            except ConnectError as exc:
+                raise routed_error(owner, exc) from None
+        outcome = await first_success(targets, call, self._timeout_ms(ctx))
         if isinstance(outcome, dict):
+            outcome.update(self._unreachable(outcome))
             raise not_found_or_unavailable(f"run {run_id!r}", outcome, rpc)
         self._owners.put(run_id, outcome[0])
         return outcome
@@ -305,21 +345,21 @@ class GatewayAdapter(LiveProxyMixin, EngineAdapter):
         call: Callable[[UpstreamClients, int], Awaitable[T]],
     ) -> T:
         """Ask the instances indexed as owning the workflow, then everyone else."""
-        timeout_ms = self._timeout_ms(ctx)
         owners = self._registry.workflow_owners(workflow_id)
-        failures = {}
+        failures: dict[str, ConnectError] = {}
         owner_targets = self._connected(owners)
         if owner_targets:
-            outcome = await first_success(owner_targets, call, timeout_ms)
+            outcome = await first_success(owner_targets, call, self._timeout_ms(ctx))
             if not isinstance(outcome, dict):
                 return outcome[1]
             failures.update(outcome)
         others = [c for c in self._connected() if c.instance_id not in set(owners)]
         if others:
-            outcome = await first_success(others, call, timeout_ms)
+            outcome = await first_success(others, call, self._timeout_ms(ctx))
             if not isinstance(outcome, dict):
                 return outcome[1]
             failures.update(outcome)
+        failures.update(self._unreachable(failures))
         raise not_found_or_unavailable(f"workflow {workflow_id!r}", failures, rpc)
 
     async def get_workflow(
@@ -354,24 +394,16 @@ class GatewayAdapter(LiveProxyMixin, EngineAdapter):
             for inst in self._registry.instances()
         ]
 
-    async def _subsystem_answers(
-        self, ctx: CallContext
-    ) -> tuple[dict[str, wf.ListSubsystemsResponse], Gathered[wf.ListSubsystemsResponse]]:
-        async def call(c: UpstreamClients, timeout_ms: int) -> wf.ListSubsystemsResponse:
-            return await c.workflows.list_subsystems(
-                wf.ListSubsystemsRequest(), timeout_ms=timeout_ms
-            )
-
-        result = await gather(self._connected(), call, self._timeout_ms(ctx))
-        result.report(ctx, "ListSubsystems")
-        return result.answers, result
-
     async def list_subsystems(
         self, request: wf.ListSubsystemsRequest, ctx: CallContext
     ) -> wf.ListSubsystemsResponse:
         # Never an error for lack of answers: the gateway's own view is the answer then.
-        answers, _ = await self._subsystem_answers(ctx)
-        return merge.merge_subsystems(answers, self._instance_views())
+        async def call(c: UpstreamClients, timeout_ms: int) -> wf.ListSubsystemsResponse:
+            return await c.workflows.list_subsystems(request, timeout_ms=timeout_ms)
+
+        result = await gather(self._connected(), call, self._timeout_ms(ctx))
+        result.report(ctx, "ListSubsystems")
+        return merge.merge_subsystems(result.answers, self._instance_views())
 
     async def get_subsystem(
         self, request: wf.GetSubsystemRequest, ctx: CallContext
@@ -493,13 +525,17 @@ class GatewayAdapter(LiveProxyMixin, EngineAdapter):
         request: _RunRequest,
         ctx: CallContext,
         method: Callable[[UpstreamClients], Callable[..., Awaitable[T]]],
+        *,
+        changes_state: bool = False,
     ) -> T:
         """Send `request` to the owner of its run with the client method `method` picks."""
 
         async def call(c: UpstreamClients, timeout_ms: int) -> T:
             return await method(c)(request, timeout_ms=timeout_ms)
 
-        owner, answer = await self._on_run_owner(rpc, request.run_id, ctx, call)
+        owner, answer = await self._on_run_owner(
+            rpc, request.run_id, ctx, call, locate_first=changes_state
+        )
         new_run_id = getattr(answer, "new_run_id", "")
         if new_run_id:  # a retry's new run lives where the original did
             self._owners.put(new_run_id, owner)
@@ -526,32 +562,44 @@ class GatewayAdapter(LiveProxyMixin, EngineAdapter):
     async def retry_run(
         self, request: runs.RetryRunRequest, ctx: CallContext
     ) -> runs.RetryRunResponse:
-        return await self._on_run("RetryRun", request, ctx, lambda c: c.runs.retry_run)
+        return await self._on_run(
+            "RetryRun", request, ctx, lambda c: c.runs.retry_run, changes_state=True
+        )
 
     async def retry_from_step(
         self, request: runs.RetryFromStepRequest, ctx: CallContext
     ) -> runs.RetryFromStepResponse:
-        return await self._on_run("RetryFromStep", request, ctx, lambda c: c.runs.retry_from_step)
+        return await self._on_run(
+            "RetryFromStep", request, ctx, lambda c: c.runs.retry_from_step, changes_state=True
+        )
 
     async def cancel_run(
         self, request: runs.CancelRunRequest, ctx: CallContext
     ) -> runs.CancelRunResponse:
-        return await self._on_run("CancelRun", request, ctx, lambda c: c.runs.cancel_run)
+        return await self._on_run(
+            "CancelRun", request, ctx, lambda c: c.runs.cancel_run, changes_state=True
+        )
 
     async def pause_run(
         self, request: runs.PauseRunRequest, ctx: CallContext
     ) -> runs.PauseRunResponse:
-        return await self._on_run("PauseRun", request, ctx, lambda c: c.runs.pause_run)
+        return await self._on_run(
+            "PauseRun", request, ctx, lambda c: c.runs.pause_run, changes_state=True
+        )
 
     async def resume_run(
         self, request: runs.ResumeRunRequest, ctx: CallContext
     ) -> runs.ResumeRunResponse:
-        return await self._on_run("ResumeRun", request, ctx, lambda c: c.runs.resume_run)
+        return await self._on_run(
+            "ResumeRun", request, ctx, lambda c: c.runs.resume_run, changes_state=True
+        )
 
     async def skip_step(
         self, request: runs.SkipStepRequest, ctx: CallContext
     ) -> runs.SkipStepResponse:
-        return await self._on_run("SkipStep", request, ctx, lambda c: c.runs.skip_step)
+        return await self._on_run(
+            "SkipStep", request, ctx, lambda c: c.runs.skip_step, changes_state=True
+        )
 
     # --- RunService: bulk actions -------------------------------------------------------
     async def _owners_of(
