@@ -237,9 +237,9 @@ class LiveProxyMixin:
         return targets
 
     def _report_early_failures(self, fan_in: StreamFanIn[T], ctx: CallContext) -> None:
-        """Failures before the first event still make it into the (not yet sent) headers."""
-        if fan_in.delivered:
-            return
+        """Put the failures so far into the response headers. Called before every event:
+        the headers go out with the first one (or with the error), so failures after
+        that can only be logged."""
         for instance_id, exc in fan_in.failures.items():
             if exc.code != Code.UNIMPLEMENTED:
                 ctx.add_partial_failure(instance_id, describe_failure(exc))

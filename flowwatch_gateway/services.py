@@ -179,6 +179,8 @@ def _stream_handler(
             raise
         except Exception as exc:
             raise _internal_error(rpc, exc) from None
+        finally:
+            _send_headers(ctx, rctx)  # an error before the first message carries them too
 
     handle.__name__ = snake_case(rpc)
     return handle
