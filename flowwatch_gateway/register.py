@@ -36,6 +36,8 @@ from flowwatch_gateway.urls import http_url_problem
 
 log = logging.getLogger(__name__)
 
+FIRST_MESSAGE_TIMEOUT_S = 10.0
+
 REASON_REPLACED = "replaced by a newer registration of the same subsystem id"
 REASON_EXPIRED = "registration expired: stale for longer than the grace period"
 REASON_SHUTDOWN = "gateway shutting down"
@@ -88,7 +90,15 @@ class RegisterService(gateway_service_connect.GatewayService):
         request: AsyncIterator[SubsystemMessage],
         ctx: RequestContext[SubsystemMessage, GatewayMessage],
     ) -> AsyncIterator[GatewayMessage]:
-        registration = await _first_register_request(request)
+        try:
+            async with asyncio.timeout(FIRST_MESSAGE_TIMEOUT_S):
+                registration = await _first_register_request(request)
+        except TimeoutError:
+            # Unauthenticated until then: don't let a silent peer hold a handler open.
+            raise ConnectError(
+                Code.DEADLINE_EXCEEDED,
+                f"no RegisterRequest within {FIRST_MESSAGE_TIMEOUT_S:g}s of opening the stream",
+            ) from None
         if self._draining:
             raise ConnectError(
                 Code.UNAVAILABLE, "the gateway is shutting down; register again shortly"

@@ -131,6 +131,7 @@ class Registry:
         now, mono = self._clock.now(), self._clock.monotonic()
         snapshot = gateway_service_pb2.RegisterRequest()
         snapshot.CopyFrom(request)
+        snapshot.ClearField("api_key")  # checked already; never kept or logged
         instance = SubsystemInstance(
             id=request.subsystem_id,
             name=request.subsystem_name or request.subsystem_id,
