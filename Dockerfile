@@ -7,7 +7,8 @@ FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    GATEWAY_ADDR=:8091
 
 WORKDIR /src
 COPY pyproject.toml README.md ./
@@ -22,8 +23,9 @@ WORKDIR /
 USER gateway
 EXPOSE 8091
 
-# slim has no curl; the liveness probe is a few lines of Python.
+# The probe reads the same GATEWAY_* settings as the server (address, TLS).
 HEALTHCHECK --interval=15s --timeout=3s --start-period=15s --retries=3 \
-    CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8091/healthz', timeout=2).status == 200 else 1)"]
+    CMD ["python", "-m", "flowwatch_gateway.healthcheck"]
 
-CMD ["flowwatch-gateway", "serve", "--addr", ":8091"]
+# No flags here: flags would override the GATEWAY_* environment of the container.
+CMD ["flowwatch-gateway", "serve"]

@@ -55,8 +55,9 @@ def test_dockerfile_shape() -> None:
     user = only("USER")
     assert user not in ("root", "0")
     assert only("EXPOSE") == IMAGE_PORT
-    assert json.loads(only("CMD")) == ["flowwatch-gateway", "serve", "--addr", ":8091"]
-    assert "/healthz" in only("HEALTHCHECK")
+    assert json.loads(only("CMD")) == ["flowwatch-gateway", "serve"]
+    assert "GATEWAY_ADDR=:8091" in only("ENV").split()
+    assert "flowwatch_gateway.healthcheck" in only("HEALTHCHECK")
     assert "pip install ." in only("RUN")
 
 
@@ -106,13 +107,13 @@ def test_image_steps_install_serve_and_pass_the_healthcheck(tmp_path: Path) -> N
     )  # fmt: skip
 
     port = str(free_port())
-    cmd = [arg.replace(IMAGE_PORT, port) for arg in json.loads(only("CMD"))]
+    cmd = json.loads(only("CMD"))
     cmd[0] = str(venv / "bin" / cmd[0])
-    check = [arg.replace(IMAGE_PORT, port) for arg in _healthcheck_command()]
+    check = _healthcheck_command()
     check[0] = str(venv / "bin" / check[0])
     workdir = tmp_path / "run"  # like WORKDIR /: nothing importable from the source tree
     workdir.mkdir()
-    env = clean_env()
+    env = clean_env({"GATEWAY_ADDR": f"127.0.0.1:{port}"})  # the image's ENV, on a free port
     env.pop("PYTHONPATH", None)
     env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
 

@@ -7,6 +7,7 @@ Answers must arrive within the deadline with the failures named.
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -189,3 +190,23 @@ def test_a_subsystem_that_registers_before_it_listens_is_discovered_later(stack:
         registrar.close()
         if server is not None:
             server.close()
+
+
+def test_a_run_is_unavailable_not_not_found_while_its_owner_is_stale(stack: Stack) -> None:
+    """A subsystem that misses heartbeats may own the run: not_found would be a lie."""
+    endpoint = f"http://127.0.0.1:{free_port()}"
+    registrar = start_registrar(stack.gateway.url, "blinking", endpoint)
+    try:
+        wait_until(
+            lambda: subsystem_states(stack.gateway.url).get("blinking") == "connected", 10, "blink"
+        )
+        registrar.proc.send_signal(signal.SIGSTOP)  # stops answering pings: goes stale
+        wait_until(
+            lambda: subsystem_states(stack.gateway.url).get("blinking") == "stale", 10, "stale"
+        )
+        response, _ = timed_post(stack.gateway.url, "RunService/CancelRun", {"runId": "b-run-1"})
+        assert response.status_code == 503, response.text
+        assert "blinking (unavailable)" in response.json()["message"]
+    finally:
+        registrar.proc.send_signal(signal.SIGCONT)
+        registrar.close()
