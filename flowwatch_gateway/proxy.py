@@ -41,15 +41,13 @@ from flowwatch_gateway.gen.flowwatch.v1 import workflow_service_pb2 as wf
 from flowwatch_gateway.ordering import resolve_order
 from flowwatch_gateway.proxy_live import LiveProxyMixin
 from flowwatch_gateway.registry import Registry, SubsystemInstance
-from flowwatch_gateway.routing import RunOwnerCache
+from flowwatch_gateway.routing import RunOwnerCache, group_by_owner
 from flowwatch_gateway.upstream import UpstreamClients, negotiate, open_clients
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 R = TypeVar("R", bound=Message)
-
-MAX_PAGE_SIZE = 100
 
 _RunRequest = (
     runs.GetRunRequest
@@ -609,15 +607,9 @@ class GatewayAdapter(LiveProxyMixin, EngineAdapter):
 
         Returns (instance id -> run ids, run id -> error for ids no instance owns).
         """
-        unique = list(dict.fromkeys(run_ids))
-        owners: dict[str, str] = {}
-        unknown: list[str] = []
-        for run_id in unique:
-            owner = self._owners.get(run_id)
-            if owner is not None and self._is_connected(owner):
-                owners[run_id] = owner
-            else:
-                unknown.append(run_id)
+        grouped, unknown = group_by_owner(run_ids, self._owners)
+        for owner in [o for o in grouped if not self._is_connected(o)]:
+            unknown.extend(grouped.pop(owner))
 
         async def locate(run_id: str) -> tuple[str, str | ConnectError]:
             try:
@@ -636,10 +628,7 @@ class GatewayAdapter(LiveProxyMixin, EngineAdapter):
             if isinstance(found, ConnectError):
                 errors[run_id] = found.message
             else:
-                owners[run_id] = found
-        grouped: dict[str, list[str]] = {}
-        for run_id, owner in owners.items():
-            grouped.setdefault(owner, []).append(run_id)
+                grouped.setdefault(found, []).append(run_id)
         return grouped, errors
 
     async def _bulk(

@@ -24,6 +24,7 @@ from google.protobuf.message import Message
 from starlette.routing import Mount
 
 from flowwatch_gateway.adapter import CallContext, EngineAdapter
+from flowwatch_gateway.cursor import MAX_PAGE_SIZE
 from flowwatch_gateway.gen.flowwatch.v1 import (
     analytics_service_connect,
     analytics_service_pb2,
@@ -36,10 +37,10 @@ from flowwatch_gateway.gen.flowwatch.v1 import (
     workflow_service_connect,
     workflow_service_pb2,
 )
+from flowwatch_gateway.ordering import ORDER_FIELDS
 
 log = logging.getLogger(__name__)
 
-MAX_PAGE_SIZE = 100
 
 # Fields a request must carry, per rpc: an empty one is the caller's mistake.
 REQUIRED_FIELDS: Mapping[str, tuple[str, ...]] = {
@@ -60,7 +61,7 @@ REQUIRED_FIELDS: Mapping[str, tuple[str, ...]] = {
     "WatchRun": ("run_id",),
 }
 
-ORDER_BY_VALUES = ("", "started_at", "duration", "status")
+ORDER_BY_VALUES = ("", *ORDER_FIELDS)
 GRANULARITIES = ("", "1m", "5m", "15m", "1h", "1d")
 
 # (generated ASGI application class, service descriptor) for each UI-facing service.
