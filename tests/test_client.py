@@ -16,6 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import httpx
 import pytest
@@ -52,6 +53,16 @@ FAST_BACKOFF = Backoff(initial=0.05, maximum=0.5, stable_after=60.0)
 
 def unique_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+# A subsystem that announces fixed (empty) workflows, capabilities and metadata, so
+# the client never needs a local FlowWatch API; the endpoint only has to be valid.
+NO_LOCAL_API: dict[str, Any] = {
+    "local_endpoint": "http://127.0.0.1:9/flowwatch",
+    "workflows": [],
+    "capabilities": types_pb2.Capabilities(),
+    "metadata": {},
+}
 
 
 # --- helpers -------------------------------------------------------------------------------
@@ -346,12 +357,8 @@ async def test_bad_api_key_is_retried_only_at_the_maximum_delay(
     options = ClientOptions(
         gateway_url=fast_gateway.url,
         subsystem_id=sid,
-        local_endpoint="http://127.0.0.1:9/flowwatch",
         api_key="not-the-key",
-        # Fixed description: no local API needed.
-        workflows=[],
-        capabilities=types_pb2.Capabilities(),
-        metadata={},
+        **NO_LOCAL_API,
         name="Bad key",
         description="presents the wrong key",
         backoff=backoff,
@@ -387,11 +394,8 @@ async def test_cancel_half_closes_the_stream_and_the_gateway_sees_it_end(
     options = ClientOptions(
         gateway_url=url,
         subsystem_id=sid,
-        local_endpoint="http://127.0.0.1:9/flowwatch",
         api_key=TEST_API_KEY,
-        workflows=[],
-        capabilities=types_pb2.Capabilities(),
-        metadata={},
+        **NO_LOCAL_API,
         on_state_change=statuses,
     )
     task = asyncio.create_task(connect_to_gateway(options))
@@ -417,10 +421,7 @@ async def test_unreachable_gateway_backs_off_with_growing_jittered_delays() -> N
     options = ClientOptions(
         gateway_url=f"http://127.0.0.1:{free_port()}",
         subsystem_id="nowhere",
-        local_endpoint="http://127.0.0.1:9/flowwatch",
-        workflows=[],
-        capabilities=types_pb2.Capabilities(),
-        metadata={},
+        **NO_LOCAL_API,
         backoff=backoff,
         on_state_change=statuses,
     )
@@ -464,11 +465,8 @@ async def test_thread_helper_registers_and_stop_leaves_the_gateway(
     handle = connect_to_gateway_in_thread(
         gateway_url=url,
         subsystem_id=sid,
-        local_endpoint="http://127.0.0.1:9/flowwatch",
         api_key=TEST_API_KEY,
-        workflows=[],
-        capabilities=types_pb2.Capabilities(),
-        metadata={},
+        **NO_LOCAL_API,
         on_state_change=statuses,
     )
     try:
