@@ -25,7 +25,7 @@ EXPOSE 8091
 
 # The probe reads the same GATEWAY_* settings as the server (address, TLS).
 HEALTHCHECK --interval=15s --timeout=3s --start-period=15s --retries=3 \
-    CMD ["python", "-m", "flowwatch_gateway.healthcheck"]
+    CMD ["python", "-m", "flowwatch_gateway.serving.healthcheck"]
 
 # No flags here: flags would override the GATEWAY_* environment of the container.
 CMD ["flowwatch-gateway", "serve"]

@@ -29,7 +29,7 @@ import pyqwest
 from connectrpc.client import ResponseMetadata
 from connectrpc.errors import ConnectError
 
-from flowwatch_gateway.adapter import PARTIAL_FAILURE_HEADER
+from flowwatch_gateway.api.adapter import PARTIAL_FAILURE_HEADER
 from flowwatch_gateway.gen.flowwatch.v1 import (
     analytics_service_connect,
     analytics_service_pb2,
@@ -39,7 +39,7 @@ from flowwatch_gateway.gen.flowwatch.v1 import (
     workflow_service_connect,
     workflow_service_pb2,
 )
-from flowwatch_gateway.merge import META_STATE
+from flowwatch_gateway.proxy.merge.catalog import META_STATE
 
 SUBSYSTEM_SEEDS = {"orders": 1, "payments": 2, "shipping": 3}
 DIRECT_SUBSYSTEM = "orders"

@@ -52,7 +52,7 @@ def run_serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"flowwatch-gateway serve: configuration error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    from flowwatch_gateway.server import configure_logging, serve
+    from flowwatch_gateway.serving.server import configure_logging, serve
 
     configure_logging(config.log_level)
     return serve(config)
@@ -87,7 +87,7 @@ def add_subsystem_command(
 
 def run_subsystem_command(args: argparse.Namespace) -> int:
     from flowwatch_gateway.demo.process import API_KEY_ENV, SubsystemSettings, run_subsystem
-    from flowwatch_gateway.server import configure_logging
+    from flowwatch_gateway.serving.server import configure_logging
 
     try:
         settings = SubsystemSettings(

@@ -32,8 +32,13 @@ from harness import (
 )
 from starlette.applications import Starlette
 
-from flowwatch_gateway.adapter import CallContext, EngineAdapter
-from flowwatch_gateway.client import (
+from flowwatch_gateway.api.adapter import CallContext, EngineAdapter
+from flowwatch_gateway.api.services import flowwatch_routes
+from flowwatch_gateway.demo.app import create_demo_app
+from flowwatch_gateway.demo.engine import InMemoryEngine, paginate
+from flowwatch_gateway.gen.flowwatch.v1 import types_pb2
+from flowwatch_gateway.gen.flowwatch.v1 import workflow_service_pb2 as wf
+from flowwatch_gateway.subsystem.client import (
     Backoff,
     ClientOptions,
     ClientStatus,
@@ -41,11 +46,6 @@ from flowwatch_gateway.client import (
     connect_to_gateway,
     connect_to_gateway_in_thread,
 )
-from flowwatch_gateway.demo.app import create_demo_app
-from flowwatch_gateway.demo.engine import InMemoryEngine, paginate
-from flowwatch_gateway.gen.flowwatch.v1 import types_pb2
-from flowwatch_gateway.gen.flowwatch.v1 import workflow_service_pb2 as wf
-from flowwatch_gateway.services import flowwatch_routes
 
 # Short delays so reconnects happen within a fast test.
 FAST_BACKOFF = Backoff(initial=0.05, maximum=0.5, stable_after=60.0)
@@ -365,7 +365,7 @@ async def test_bad_api_key_is_retried_only_at_the_maximum_delay(
         on_state_change=statuses,
     )
     window = 2.0
-    with caplog.at_level(logging.DEBUG, logger="flowwatch_gateway.client"):
+    with caplog.at_level(logging.DEBUG, logger="flowwatch_gateway.subsystem.client"):
         async with running(options):
             await asyncio.sleep(window)
     attempts = statuses.of(ConnectionState.CONNECTING)

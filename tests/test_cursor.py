@@ -17,7 +17,9 @@ from google.protobuf import duration_pb2, timestamp_pb2
 from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
-from flowwatch_gateway.cursor import (
+from flowwatch_gateway.api.ordering import OrderField, resolve_order, run_sort_key, sort_runs
+from flowwatch_gateway.gen.flowwatch.v1 import run_service_pb2, types_pb2
+from flowwatch_gateway.proxy.paging import (
     CursorError,
     InstanceCursor,
     InstancePage,
@@ -32,8 +34,6 @@ from flowwatch_gateway.cursor import (
     query_fingerprint,
     resume_cursor,
 )
-from flowwatch_gateway.gen.flowwatch.v1 import run_service_pb2, types_pb2
-from flowwatch_gateway.ordering import OrderField, resolve_order, run_sort_key, sort_runs
 
 
 @dataclass

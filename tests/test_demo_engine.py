@@ -18,6 +18,7 @@ from connectrpc.compat import google_protobuf_json_codec
 from connectrpc.errors import ConnectError
 from pyqwest.testing import ASGITransport
 
+from flowwatch_gateway.api.ordering import resolve_order, sort_runs
 from flowwatch_gateway.demo.app import create_demo_app
 from flowwatch_gateway.demo.dataset import to_timestamp
 from flowwatch_gateway.demo.engine import InMemoryEngine
@@ -34,7 +35,6 @@ from flowwatch_gateway.gen.flowwatch.v1 import (
     workflow_service_connect,
     workflow_service_pb2,
 )
-from flowwatch_gateway.ordering import resolve_order, sort_runs
 
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 FINISHED = (

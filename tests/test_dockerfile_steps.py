@@ -57,7 +57,7 @@ def test_dockerfile_shape() -> None:
     assert only("EXPOSE") == IMAGE_PORT
     assert json.loads(only("CMD")) == ["flowwatch-gateway", "serve"]
     assert "GATEWAY_ADDR=:8091" in only("ENV").split()
-    assert "flowwatch_gateway.healthcheck" in only("HEALTHCHECK")
+    assert "flowwatch_gateway.serving.healthcheck" in only("HEALTHCHECK")
     assert "pip install ." in only("RUN")
 
 

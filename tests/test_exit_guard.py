@@ -19,7 +19,7 @@ RUNS = 25
 CLIENT = """
 import asyncio, sys
 import pyqwest
-from flowwatch_gateway.upstream import open_clients
+from flowwatch_gateway.proxy.upstream import open_clients
 from flowwatch_gateway.gen.flowwatch.v1 import workflow_service_pb2
 
 async def main(endpoint):

@@ -9,12 +9,11 @@ from google.protobuf import duration_pb2, timestamp_pb2
 from hypothesis import given
 from hypothesis import strategies as st
 
-from flowwatch_gateway.cursor import CursorError, InstanceCursor, ListRunsCursor, encode_cursor
 from flowwatch_gateway.gen.flowwatch.v1 import analytics_service_pb2 as analytics
 from flowwatch_gateway.gen.flowwatch.v1 import run_service_pb2 as runs
 from flowwatch_gateway.gen.flowwatch.v1 import types_pb2
 from flowwatch_gateway.gen.flowwatch.v1 import workflow_service_pb2 as wf
-from flowwatch_gateway.merge import (
+from flowwatch_gateway.proxy.merge.catalog import (
     NO_ANSWER_ERROR,
     InstanceView,
     merge_bulk_results,
@@ -29,6 +28,12 @@ from flowwatch_gateway.merge import (
     merge_workflows,
     paginate_list,
     throughput_weights,
+)
+from flowwatch_gateway.proxy.paging import (
+    CursorError,
+    InstanceCursor,
+    ListRunsCursor,
+    encode_cursor,
 )
 
 EPOCH = 1_700_000_000

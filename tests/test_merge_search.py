@@ -8,11 +8,12 @@ import pytest
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 
-from flowwatch_gateway import merge, merge_search
-from flowwatch_gateway.cursor import CursorError
 from flowwatch_gateway.gen.flowwatch.v1 import search_service_pb2 as search_pb
 from flowwatch_gateway.gen.flowwatch.v1 import stream_service_pb2 as stream
 from flowwatch_gateway.gen.flowwatch.v1 import types_pb2
+from flowwatch_gateway.proxy.merge import catalog as merge
+from flowwatch_gateway.proxy.merge import search as merge_search
+from flowwatch_gateway.proxy.paging import CursorError
 
 
 def result(result_id: str, score: float) -> search_pb.SearchResult:

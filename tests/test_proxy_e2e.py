@@ -18,6 +18,7 @@ from connectrpc.protocol import ProtocolType
 from harness import http2_client
 from upstreams import DemoStack, demo_stack, post
 
+from flowwatch_gateway.api.ordering import resolve_order, run_sort_key
 from flowwatch_gateway.gen.flowwatch.v1 import (
     analytics_service_connect,
     analytics_service_pb2,
@@ -27,7 +28,6 @@ from flowwatch_gateway.gen.flowwatch.v1 import (
     workflow_service_connect,
     workflow_service_pb2,
 )
-from flowwatch_gateway.ordering import resolve_order, run_sort_key
 
 pytestmark = pytest.mark.anyio
 

@@ -36,8 +36,8 @@ from harness import (
 
 from flowwatch_gateway.config import GatewayConfig
 from flowwatch_gateway.gen.flowwatch.v1 import gateway_service_pb2, types_pb2
-from flowwatch_gateway.register import RegisterService
-from flowwatch_gateway.registry import Registry
+from flowwatch_gateway.registry.register import RegisterService
+from flowwatch_gateway.registry.state import Registry
 
 pytestmark = pytest.mark.anyio
 HARNESS = Path(__file__).with_name("harness.py")

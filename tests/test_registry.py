@@ -6,8 +6,8 @@ import pytest
 from harness import FakeClock
 
 from flowwatch_gateway.gen.flowwatch.v1 import gateway_service_pb2, types_pb2
-from flowwatch_gateway.health import HealthMonitor
-from flowwatch_gateway.registry import Registry, SubsystemInstance, SubsystemState
+from flowwatch_gateway.registry.health import HealthMonitor
+from flowwatch_gateway.registry.state import Registry, SubsystemInstance, SubsystemState
 
 
 def request(

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from flowwatch_gateway.routing import RunOwnerCache, group_by_owner
+from flowwatch_gateway.proxy.owners import RunOwnerCache, group_by_owner
 
 
 def test_capacity_must_be_positive() -> None:

@@ -26,7 +26,7 @@ from harness import (
 
 from flowwatch_gateway.config import GatewayConfig
 from flowwatch_gateway.gen.flowwatch.v1 import gateway_service_connect, gateway_service_pb2
-from flowwatch_gateway.server import (
+from flowwatch_gateway.serving.server import (
     ENVOY_DEFAULT_STREAM_IDLE_TIMEOUT,
     envoy_server,
     stream_idle_timeout,

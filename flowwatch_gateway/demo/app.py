@@ -8,9 +8,9 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import BaseRoute, Route
 
-from flowwatch_gateway.asgi_guard import GuardReceiveAfterBody
+from flowwatch_gateway.api.services import flowwatch_routes
 from flowwatch_gateway.demo.engine import InMemoryEngine
-from flowwatch_gateway.services import flowwatch_routes
+from flowwatch_gateway.serving.asgi_guard import GuardReceiveAfterBody
 
 
 async def _healthz(request: Request) -> PlainTextResponse:

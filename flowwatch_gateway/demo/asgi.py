@@ -10,9 +10,9 @@ from __future__ import annotations
 import logging
 import os
 
-from flowwatch_gateway.control import CONTROL_SOCKET_ENV
 from flowwatch_gateway.demo.process import SubsystemSettings, create_subsystem_app
-from flowwatch_gateway.server import configure_logging
+from flowwatch_gateway.serving.control import CONTROL_SOCKET_ENV
+from flowwatch_gateway.serving.server import configure_logging
 
 settings = SubsystemSettings.from_env(os.environ)
 configure_logging(settings.log_level)

@@ -18,7 +18,8 @@ from typing import TypeVar
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 
-from flowwatch_gateway.adapter import CallContext, EngineAdapter
+from flowwatch_gateway.api.adapter import CallContext, EngineAdapter
+from flowwatch_gateway.api.ordering import resolve_order, sort_runs
 from flowwatch_gateway.demo import analytics as calc
 from flowwatch_gateway.demo import search as demo_search
 from flowwatch_gateway.demo.dataset import (
@@ -46,7 +47,6 @@ from flowwatch_gateway.gen.flowwatch.v1 import (
 from flowwatch_gateway.gen.flowwatch.v1 import (
     workflow_service_pb2 as wf,
 )
-from flowwatch_gateway.ordering import resolve_order, sort_runs
 
 Clock = Callable[[], datetime]
 

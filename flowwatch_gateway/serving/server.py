@@ -33,11 +33,11 @@ from pyvoy import LogLevel, PyvoyServer, StartupError
 
 from flowwatch_gateway import exit_guard
 from flowwatch_gateway.config import GatewayConfig
-from flowwatch_gateway.control import CONTROL_SOCKET_ENV, request_drain
+from flowwatch_gateway.serving.control import CONTROL_SOCKET_ENV, request_drain
 
 log = logging.getLogger(__name__)
 
-ASGI_APP = "flowwatch_gateway.asgi:app"
+ASGI_APP = "flowwatch_gateway.serving.asgi:app"
 HCM_TYPE = (
     "type.googleapis.com/"
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
@@ -205,7 +205,7 @@ def serve_uvicorn(config: GatewayConfig) -> int:
                 for signum, handler in previous.items():
                     signal.signal(signum, handler)
 
-    from flowwatch_gateway.app import create_app
+    from flowwatch_gateway.serving.app import create_app
 
     log.warning(
         "uvicorn serves HTTP/1.1 only: gRPC and the HTTP/2 Register stream do not work, "

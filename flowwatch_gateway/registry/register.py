@@ -31,7 +31,7 @@ from flowwatch_gateway.gen.flowwatch.v1.gateway_service_pb2 import (
     RegisterResponse,
     SubsystemMessage,
 )
-from flowwatch_gateway.registry import Registry, SubsystemInstance
+from flowwatch_gateway.registry.state import Registry, SubsystemInstance
 from flowwatch_gateway.urls import http_url_problem
 
 log = logging.getLogger(__name__)

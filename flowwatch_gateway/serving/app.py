@@ -17,15 +17,15 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import BaseRoute, Mount, Route
 
-from flowwatch_gateway.adapter import APPROXIMATE_HEADER, PARTIAL_FAILURE_HEADER
-from flowwatch_gateway.asgi_guard import GuardReceiveAfterBody
+from flowwatch_gateway.api.adapter import APPROXIMATE_HEADER, PARTIAL_FAILURE_HEADER
+from flowwatch_gateway.api.services import flowwatch_routes
 from flowwatch_gateway.config import GatewayConfig
-from flowwatch_gateway.control import serve_control_socket
-from flowwatch_gateway.health import HealthMonitor
-from flowwatch_gateway.proxy import GatewayAdapter
-from flowwatch_gateway.register import REASON_SHUTDOWN, RegisterService, gateway_asgi_app
-from flowwatch_gateway.registry import Clock, Registry
-from flowwatch_gateway.services import flowwatch_routes
+from flowwatch_gateway.proxy.gateway import GatewayAdapter
+from flowwatch_gateway.registry.health import HealthMonitor
+from flowwatch_gateway.registry.register import REASON_SHUTDOWN, RegisterService, gateway_asgi_app
+from flowwatch_gateway.registry.state import Clock, Registry
+from flowwatch_gateway.serving.asgi_guard import GuardReceiveAfterBody
+from flowwatch_gateway.serving.control import serve_control_socket
 
 log = logging.getLogger(__name__)
 

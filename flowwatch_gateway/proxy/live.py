@@ -30,10 +30,12 @@ from typing import TYPE_CHECKING, Generic, TypeVar
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 
-from flowwatch_gateway import merge_search
-from flowwatch_gateway.adapter import CallContext
-from flowwatch_gateway.cursor import CursorError
-from flowwatch_gateway.fanout import (
+from flowwatch_gateway.api.adapter import CallContext
+from flowwatch_gateway.gen.flowwatch.v1 import run_service_pb2 as runs
+from flowwatch_gateway.gen.flowwatch.v1 import search_service_pb2 as search_pb
+from flowwatch_gateway.gen.flowwatch.v1 import stream_service_pb2 as stream
+from flowwatch_gateway.gen.flowwatch.v1 import types_pb2 as types
+from flowwatch_gateway.proxy.fanout import (
     Gathered,
     all_failed_error,
     describe_failure,
@@ -41,15 +43,13 @@ from flowwatch_gateway.fanout import (
     gather,
     routed_error,
 )
-from flowwatch_gateway.gen.flowwatch.v1 import run_service_pb2 as runs
-from flowwatch_gateway.gen.flowwatch.v1 import search_service_pb2 as search_pb
-from flowwatch_gateway.gen.flowwatch.v1 import stream_service_pb2 as stream
-from flowwatch_gateway.gen.flowwatch.v1 import types_pb2 as types
-from flowwatch_gateway.upstream import UpstreamClients
+from flowwatch_gateway.proxy.merge import search as merge_search
+from flowwatch_gateway.proxy.paging import CursorError
+from flowwatch_gateway.proxy.upstream import UpstreamClients
 
 if TYPE_CHECKING:
-    from flowwatch_gateway.registry import Registry
-    from flowwatch_gateway.routing import RunOwnerCache
+    from flowwatch_gateway.proxy.owners import RunOwnerCache
+    from flowwatch_gateway.registry.state import Registry
 
 log = logging.getLogger(__name__)
 

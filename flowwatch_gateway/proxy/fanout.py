@@ -17,8 +17,8 @@ from typing import Generic, TypeVar
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 
-from flowwatch_gateway.adapter import CallContext
-from flowwatch_gateway.upstream import UpstreamClients
+from flowwatch_gateway.api.adapter import CallContext
+from flowwatch_gateway.proxy.upstream import UpstreamClients
 
 log = logging.getLogger(__name__)
 

@@ -26,8 +26,8 @@ from typing import Any
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 
+from flowwatch_gateway.api.ordering import OrderField, RunSortKey, run_sort_key
 from flowwatch_gateway.gen.flowwatch.v1 import run_service_pb2, types_pb2
-from flowwatch_gateway.ordering import OrderField, RunSortKey, run_sort_key
 
 DEFAULT_PAGE_SIZE = 20
 MAX_PAGE_SIZE = 100

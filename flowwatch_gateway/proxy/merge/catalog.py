@@ -16,13 +16,6 @@ from typing import TypeVar
 
 from google.protobuf import duration_pb2, timestamp_pb2
 
-from flowwatch_gateway.cursor import (
-    NOT_ISSUED_MESSAGE,
-    CursorError,
-    effective_page_size,
-    seal_token,
-    unseal_token,
-)
 from flowwatch_gateway.gen.flowwatch.v1 import (
     analytics_service_pb2 as analytics,
 )
@@ -34,6 +27,13 @@ from flowwatch_gateway.gen.flowwatch.v1 import (
 )
 from flowwatch_gateway.gen.flowwatch.v1 import (
     workflow_service_pb2 as wf,
+)
+from flowwatch_gateway.proxy.paging import (
+    NOT_ISSUED_MESSAGE,
+    CursorError,
+    effective_page_size,
+    seal_token,
+    unseal_token,
 )
 
 T = TypeVar("T")

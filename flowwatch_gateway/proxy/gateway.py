@@ -20,12 +20,15 @@ from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 from google.protobuf.message import Message
 
-from flowwatch_gateway import cursor as cursors
-from flowwatch_gateway import merge
-from flowwatch_gateway.adapter import CallContext, EngineAdapter
-from flowwatch_gateway.client import list_all_workflows
+from flowwatch_gateway.api.adapter import CallContext, EngineAdapter
+from flowwatch_gateway.api.ordering import resolve_order
 from flowwatch_gateway.config import GatewayConfig
-from flowwatch_gateway.fanout import (
+from flowwatch_gateway.gen.flowwatch.v1 import analytics_service_pb2 as analytics
+from flowwatch_gateway.gen.flowwatch.v1 import run_service_pb2 as runs
+from flowwatch_gateway.gen.flowwatch.v1 import types_pb2 as types
+from flowwatch_gateway.gen.flowwatch.v1 import workflow_service_pb2 as wf
+from flowwatch_gateway.proxy import paging as cursors
+from flowwatch_gateway.proxy.fanout import (
     Gathered,
     all_failed_error,
     first_success,
@@ -34,15 +37,12 @@ from flowwatch_gateway.fanout import (
     routed_error,
     upstream_timeout_ms,
 )
-from flowwatch_gateway.gen.flowwatch.v1 import analytics_service_pb2 as analytics
-from flowwatch_gateway.gen.flowwatch.v1 import run_service_pb2 as runs
-from flowwatch_gateway.gen.flowwatch.v1 import types_pb2 as types
-from flowwatch_gateway.gen.flowwatch.v1 import workflow_service_pb2 as wf
-from flowwatch_gateway.ordering import resolve_order
-from flowwatch_gateway.proxy_live import LiveProxyMixin
-from flowwatch_gateway.registry import Registry, SubsystemInstance
-from flowwatch_gateway.routing import RunOwnerCache, group_by_owner
-from flowwatch_gateway.upstream import UpstreamClients, negotiate, open_clients
+from flowwatch_gateway.proxy.live import LiveProxyMixin
+from flowwatch_gateway.proxy.merge import catalog as merge
+from flowwatch_gateway.proxy.owners import RunOwnerCache, group_by_owner
+from flowwatch_gateway.proxy.upstream import UpstreamClients, negotiate, open_clients
+from flowwatch_gateway.registry.state import Registry, SubsystemInstance
+from flowwatch_gateway.subsystem.client import list_all_workflows
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""The ASGI entry point servers load by name (`flowwatch_gateway.asgi:app`).
+"""The ASGI entry point servers load by name (`flowwatch_gateway.serving.asgi:app`).
 
 pyvoy imports this module inside the Envoy process, which only inherits environment
 variables, so the configuration is read from the environment here (the CLI has
@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import os
 
-from flowwatch_gateway.app import create_app
 from flowwatch_gateway.config import GatewayConfig
-from flowwatch_gateway.control import CONTROL_SOCKET_ENV
-from flowwatch_gateway.server import configure_logging
+from flowwatch_gateway.serving.app import create_app
+from flowwatch_gateway.serving.control import CONTROL_SOCKET_ENV
+from flowwatch_gateway.serving.server import configure_logging
 
 config = GatewayConfig.from_env()
 configure_logging(config.log_level)

@@ -1,6 +1,6 @@
 """Container HEALTHCHECK: GET /healthz on the address the gateway is configured with.
 
-    python -m flowwatch_gateway.healthcheck     # exit 0 when healthy, 1 otherwise
+    python -m flowwatch_gateway.serving.healthcheck     # exit 0 when healthy, 1 otherwise
 
 Reads the same GATEWAY_* variables as the server, so a changed GATEWAY_ADDR or TLS
 setting does not leave the probe knocking on the wrong door. The certificate is not

@@ -1,0 +1,1 @@
+"""Pure merges of several subsystems' answers into one, by topic."""

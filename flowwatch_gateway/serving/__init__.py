@@ -1,0 +1,1 @@
+"""Running the gateway: the ASGI app, the servers that host it, probes and draining."""

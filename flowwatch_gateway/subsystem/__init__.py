@@ -1,0 +1,1 @@
+"""The subsystem SDK: what a Python service imports to join a FlowWatch gateway."""
