@@ -17,6 +17,7 @@ from google.protobuf import duration_pb2, timestamp_pb2
 from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
+from flowwatch_gateway.api.limits import effective_page_size
 from flowwatch_gateway.api.ordering import OrderField, resolve_order, run_sort_key, sort_runs
 from flowwatch_gateway.gen.flowwatch.v1 import run_service_pb2, types_pb2
 from flowwatch_gateway.proxy.paging import (
@@ -27,7 +28,6 @@ from flowwatch_gateway.proxy.paging import (
     MergedPage,
     PageFetch,
     decode_cursor,
-    effective_page_size,
     encode_cursor,
     merge_page,
     plan_fetches,

@@ -24,6 +24,7 @@ from google.protobuf.message import Message
 from starlette.routing import Mount
 
 from flowwatch_gateway.api.adapter import CallContext, EngineAdapter
+from flowwatch_gateway.api.limits import MAX_PAGE_SIZE
 from flowwatch_gateway.api.ordering import ORDER_FIELDS
 from flowwatch_gateway.gen.flowwatch.v1 import (
     analytics_service_connect,
@@ -37,7 +38,6 @@ from flowwatch_gateway.gen.flowwatch.v1 import (
     workflow_service_connect,
     workflow_service_pb2,
 )
-from flowwatch_gateway.proxy.paging import MAX_PAGE_SIZE
 
 log = logging.getLogger(__name__)
 

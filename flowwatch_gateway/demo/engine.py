@@ -19,6 +19,7 @@ from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 
 from flowwatch_gateway.api.adapter import CallContext, EngineAdapter
+from flowwatch_gateway.api.limits import MAX_PAGE_SIZE, effective_page_size
 from flowwatch_gateway.api.ordering import resolve_order, sort_runs
 from flowwatch_gateway.demo import analytics as calc
 from flowwatch_gateway.demo import search as demo_search
@@ -50,8 +51,6 @@ from flowwatch_gateway.gen.flowwatch.v1 import (
 
 Clock = Callable[[], datetime]
 
-DEFAULT_PAGE_SIZE = 20
-MAX_PAGE_SIZE = 100
 DEFAULT_STATS_INTERVAL_SECONDS = 5
 WATCH_QUEUE_SIZE = 1024
 
@@ -97,7 +96,7 @@ def paginate(
             Code.INVALID_ARGUMENT,
             f"pagination.limit must be between 0 and {MAX_PAGE_SIZE}; got {pagination.limit}",
         )
-    limit = min(pagination.limit or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+    limit = effective_page_size(pagination.limit)
     end = offset + limit
     page = items[offset:end]
     next_cursor = str(end) if end < len(items) else ""

@@ -21,6 +21,8 @@ from connectrpc.errors import ConnectError
 from google.protobuf.message import Message
 
 from flowwatch_gateway.api.adapter import CallContext, EngineAdapter
+from flowwatch_gateway.api.limits import effective_page_size
+from flowwatch_gateway.api.listing import list_all_workflows
 from flowwatch_gateway.api.ordering import resolve_order
 from flowwatch_gateway.config import GatewayConfig
 from flowwatch_gateway.gen.flowwatch.v1 import analytics_service_pb2 as analytics
@@ -42,7 +44,6 @@ from flowwatch_gateway.proxy.merge import catalog as merge
 from flowwatch_gateway.proxy.owners import RunOwnerCache, group_by_owner
 from flowwatch_gateway.proxy.upstream import UpstreamClients, negotiate, open_clients
 from flowwatch_gateway.registry.state import Registry, SubsystemInstance
-from flowwatch_gateway.subsystem.client import list_all_workflows
 
 log = logging.getLogger(__name__)
 
@@ -326,7 +327,7 @@ class GatewayAdapter(LiveProxyMixin, EngineAdapter):
             page, next_cursor, total = merge.paginate_list(
                 merged,
                 request.pagination.cursor,
-                cursors.effective_page_size(request.pagination.limit),
+                effective_page_size(request.pagination.limit),
             )
         except cursors.CursorError as exc:
             raise ConnectError(Code.INVALID_ARGUMENT, f"ListWorkflows: {exc.message}") from None
@@ -462,7 +463,7 @@ class GatewayAdapter(LiveProxyMixin, EngineAdapter):
         self, request: runs.ListRunsRequest, ctx: CallContext
     ) -> runs.ListRunsResponse:
         field, descending = resolve_order(request.order_by, request.descending)
-        limit = cursors.effective_page_size(request.pagination.limit)
+        limit = effective_page_size(request.pagination.limit)
         query = cursors.query_fingerprint(request.filter, field, descending)
         state = cursors.resume_cursor(request.pagination.cursor, query)
         available = [clients.instance_id for clients in self._connected()]

@@ -26,11 +26,10 @@ from typing import Any
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 
+from flowwatch_gateway.api.limits import MAX_PAGE_SIZE
 from flowwatch_gateway.api.ordering import OrderField, RunSortKey, run_sort_key
 from flowwatch_gateway.gen.flowwatch.v1 import run_service_pb2, types_pb2
 
-DEFAULT_PAGE_SIZE = 20
-MAX_PAGE_SIZE = 100
 CURSOR_VERSION = "g1"
 MAX_CURSOR_CHARS = 65536
 
@@ -93,13 +92,6 @@ class MergedPage:
     next_state: ListRunsCursor | None
     total_count: int
     failed: list[str] = dataclasses.field(default_factory=list)
-
-
-def effective_page_size(requested: int) -> int:
-    """The page size FlowWatch servers apply: 0 or less means the default, capped at the max."""
-    if requested <= 0:
-        return DEFAULT_PAGE_SIZE
-    return min(requested, MAX_PAGE_SIZE)
 
 
 def query_fingerprint(

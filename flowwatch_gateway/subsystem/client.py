@@ -38,6 +38,7 @@ from connectrpc.errors import ConnectError
 from connectrpc.protocol import ProtocolType
 
 from flowwatch_gateway import exit_guard
+from flowwatch_gateway.api.listing import list_all_workflows
 from flowwatch_gateway.gen.flowwatch.v1 import (
     gateway_service_connect,
     gateway_service_pb2,
@@ -54,9 +55,6 @@ log = logging.getLogger(__name__)
 exit_guard.install()
 T = TypeVar("T")
 
-# Pages of ListWorkflows fetched before giving up on a subsystem that never stops paging.
-MAX_WORKFLOW_PAGES = 1000
-WORKFLOW_PAGE_SIZE = 100
 # A gateway that stays silent for this many heartbeat intervals (plus slack for
 # scheduling) is treated as gone, e.g. behind a half-open TCP connection.
 MISSED_PINGS_BEFORE_RECONNECT = 3
@@ -212,34 +210,6 @@ class SubsystemDescription:
     metadata: dict[str, str]
     workflows: list[types_pb2.WorkflowDefinition]
     capabilities: types_pb2.Capabilities | None
-
-
-async def list_all_workflows(
-    client: workflow_service_connect.WorkflowServiceClient, timeout_ms: int
-) -> list[types_pb2.WorkflowDefinition]:
-    """Every page of ListWorkflows; the cursor is opaque, an empty one ends the listing."""
-    workflows: list[types_pb2.WorkflowDefinition] = []
-    cursor = ""
-    seen_cursors: set[str] = set()
-    for _ in range(MAX_WORKFLOW_PAGES):
-        request = wf.ListWorkflowsRequest()
-        request.pagination.cursor = cursor
-        request.pagination.limit = WORKFLOW_PAGE_SIZE
-        response = await client.list_workflows(request, timeout_ms=timeout_ms)
-        workflows.extend(response.workflows)
-        cursor = response.pagination.next_cursor
-        if not cursor:
-            return workflows
-        if cursor in seen_cursors:
-            raise ConnectError(
-                Code.DATA_LOSS,
-                f"ListWorkflows returned the cursor {cursor!r} twice; the listing never ends",
-            )
-        seen_cursors.add(cursor)
-    raise ConnectError(
-        Code.RESOURCE_EXHAUSTED,
-        f"ListWorkflows still had more pages after {MAX_WORKFLOW_PAGES} pages",
-    )
 
 
 async def describe_local_subsystem(

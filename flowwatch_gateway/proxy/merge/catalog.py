@@ -16,6 +16,7 @@ from typing import TypeVar
 
 from google.protobuf import duration_pb2, timestamp_pb2
 
+from flowwatch_gateway.api.limits import effective_page_size
 from flowwatch_gateway.gen.flowwatch.v1 import (
     analytics_service_pb2 as analytics,
 )
@@ -31,7 +32,6 @@ from flowwatch_gateway.gen.flowwatch.v1 import (
 from flowwatch_gateway.proxy.paging import (
     NOT_ISSUED_MESSAGE,
     CursorError,
-    effective_page_size,
     seal_token,
     unseal_token,
 )

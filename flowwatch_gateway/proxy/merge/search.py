@@ -24,13 +24,13 @@ from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 from google.protobuf import timestamp_pb2
 
+from flowwatch_gateway.api.limits import effective_page_size
 from flowwatch_gateway.gen.flowwatch.v1 import search_service_pb2 as search_pb
 from flowwatch_gateway.gen.flowwatch.v1 import stream_service_pb2 as stream
 from flowwatch_gateway.gen.flowwatch.v1 import types_pb2
 from flowwatch_gateway.proxy.paging import (
     NOT_ISSUED_MESSAGE,
     CursorError,
-    effective_page_size,
     seal_token,
     unseal_token,
 )

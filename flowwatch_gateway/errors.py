@@ -1,0 +1,76 @@
+"""What a Connect error code means to the gateway and its clients: one home for every class.
+
+A code either says that a call never got a real answer (the peer could not be
+reached, timed out, or the call was cancelled), or it is the peer's answer about the
+request itself. Fan-out, routing, discovery, HTTP version negotiation and the
+subsystem client all decide with these sets, so they cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from connectrpc.code import Code
+from connectrpc.errors import ConnectError
+
+__all__ = [
+    "ANSWER_CODES",
+    "DEFINITIVE_CODES",
+    "NEGOTIATION_FAILURE_CODES",
+    "REJECTION_CODES",
+    "RETRYABLE_CODES",
+    "TRANSPORT_CODES",
+    "describe_failure",
+]
+
+# No answer from the subsystem: it was unreachable, too slow, or the call was cut.
+# UNKNOWN and INTERNAL are here because the HTTP client reports broken connections so.
+TRANSPORT_CODES = frozenset(
+    {Code.UNAVAILABLE, Code.DEADLINE_EXCEEDED, Code.CANCELED, Code.UNKNOWN, Code.INTERNAL}
+)
+
+# Worth another try later: the subsystem may not listen yet, or was busy.
+RETRYABLE_CODES = frozenset({Code.UNAVAILABLE, Code.DEADLINE_EXCEEDED})
+
+# A subsystem answering one of these owns the subject of the call (the run exists
+# there and the request was judged): waiting for the others is pointless.
+DEFINITIVE_CODES = frozenset(
+    {
+        Code.INVALID_ARGUMENT,
+        Code.FAILED_PRECONDITION,
+        Code.ALREADY_EXISTS,
+        Code.PERMISSION_DENIED,
+        Code.OUT_OF_RANGE,
+        Code.ABORTED,
+        Code.RESOURCE_EXHAUSTED,
+    }
+)
+
+# Codes with which a subsystem answers a request itself (rather than failing to);
+# when every subsystem gives the same one, the caller gets it as it is.
+ANSWER_CODES = frozenset(
+    {
+        Code.INVALID_ARGUMENT,
+        Code.NOT_FOUND,
+        Code.UNIMPLEMENTED,
+        Code.FAILED_PRECONDITION,
+        Code.OUT_OF_RANGE,
+        Code.PERMISSION_DENIED,
+        Code.UNAUTHENTICATED,
+        Code.RESOURCE_EXHAUSTED,
+    }
+)
+
+# A probe failing with one of these over h2c means "try HTTP/1.1": the server did not
+# speak HTTP/2, as opposed to answering over it with an error.
+NEGOTIATION_FAILURE_CODES = frozenset({Code.UNAVAILABLE, Code.UNKNOWN, Code.INTERNAL})
+
+# The gateway refused a registration: retrying quickly cannot fix it.
+REJECTION_CODES = frozenset({Code.UNAUTHENTICATED, Code.PERMISSION_DENIED, Code.INVALID_ARGUMENT})
+
+
+def describe_failure(exc: ConnectError) -> str:
+    """A short, safe reason for headers and messages (no upstream internals)."""
+    if exc.code == Code.DEADLINE_EXCEEDED:
+        return "timed out"
+    if exc.code == Code.UNAVAILABLE:
+        return "unavailable"
+    return exc.code.name.lower()
