@@ -21,15 +21,6 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
-from conftest import TEST_API_KEY
-from harness import (
-    GatewayProcess,
-    await_state,
-    free_port,
-    register_client,
-    register_request,
-    subsystem_states,
-)
 from starlette.applications import Starlette
 
 from flowwatch_gateway.api.adapter import CallContext, EngineAdapter
@@ -45,6 +36,15 @@ from flowwatch_gateway.subsystem.client import (
     ConnectionState,
     connect_to_gateway,
     connect_to_gateway_in_thread,
+)
+from tests.support.harness import (
+    TEST_API_KEY,
+    GatewayProcess,
+    await_state,
+    free_port,
+    register_client,
+    register_request,
+    subsystem_states,
 )
 
 # Short delays so reconnects happen within a fast test.

@@ -19,7 +19,8 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from harness import (
+
+from tests.support.harness import (
     ROOT,
     GatewayProcess,
     SubsystemProcess,

@@ -19,8 +19,6 @@ import pyqwest
 import pytest
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
-from harness import http2_client
-from upstreams import DemoStack, demo_stack, wait_until
 
 from flowwatch_gateway.gen.flowwatch.v1 import (
     run_service_connect,
@@ -31,6 +29,8 @@ from flowwatch_gateway.gen.flowwatch.v1 import (
     stream_service_pb2,
     types_pb2,
 )
+from tests.support.harness import http2_client
+from tests.support.upstreams import DemoStack, demo_stack, wait_until
 
 pytestmark = pytest.mark.anyio
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from harness import FakeClock
 
 from flowwatch_gateway.gen.flowwatch.v1 import gateway_service_pb2, types_pb2
 from flowwatch_gateway.registry.health import HealthMonitor
 from flowwatch_gateway.registry.state import Registry, SubsystemInstance, SubsystemState
+from tests.support.harness import FakeClock
 
 
 def request(

@@ -2,7 +2,7 @@
 
 Use from tests:
 
-    from harness import start_gateway, register_client, list_subsystem_states
+    from tests.support.harness import start_gateway, register_client, list_subsystem_states
 
     with start_gateway("--heartbeat", "200ms", "--grace-period", "1s") as gw:
         ...                      # gw.url, gw.port, gw.proc, gw.logs()
@@ -12,7 +12,7 @@ Run as a script it is a minimal subsystem that registers, answers pings and prin
 each event on stdout (for tests that need a subsystem in its own process, to kill or
 freeze it):
 
-    python tests/harness.py subsystem --gateway URL --id ID [--endpoint URL] [--api-key K]
+    python -m tests.support.harness subsystem --gateway URL --id ID [--endpoint URL] [--api-key K]
 """
 
 from __future__ import annotations
@@ -44,8 +44,10 @@ from flowwatch_gateway.gen.flowwatch.v1 import (
     gateway_service_pb2,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 STARTUP_TIMEOUT = 30.0
+# The key fast_gateway (tests/e2e/conftest.py) requires from subsystems.
+TEST_API_KEY = "test-key-1234"
 
 
 def free_port() -> int:
@@ -373,7 +375,7 @@ async def register_client(
         await asyncio.gather(task, return_exceptions=True)
 
 
-# --- `python tests/harness.py subsystem ...` ---------------------------------------------
+# --- `python -m tests.support.harness subsystem ...` ---------------------------------------------
 
 
 async def _run_subsystem(args: argparse.Namespace) -> int:

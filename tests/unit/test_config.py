@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from harness import clean_env
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -18,6 +17,7 @@ from flowwatch_gateway.config import (
     format_go_duration,
     parse_go_duration,
 )
+from tests.support.harness import clean_env
 
 
 @pytest.mark.parametrize(

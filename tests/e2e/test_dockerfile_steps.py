@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 
 import pytest
-from harness import ROOT, clean_env, free_port
+
+from tests.support.harness import ROOT, clean_env, free_port
 
 DOCKERFILE = ROOT / "Dockerfile"
 IMAGE_PORT = "8091"

@@ -22,7 +22,7 @@ from types import ModuleType
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 BENCH = ROOT / "bench"
 RUN_TIMEOUT_SECONDS = 120
 STARTUP_TIMEOUT_SECONDS = 60

@@ -13,16 +13,21 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any, cast
 
 import grpc
 import pytest
-from conftest import TEST_API_KEY
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 from connectrpc.protocol import ProtocolType
-from harness import (
+
+from flowwatch_gateway.config import GatewayConfig
+from flowwatch_gateway.gen.flowwatch.v1 import gateway_service_pb2, types_pb2
+from flowwatch_gateway.registry.register import RegisterService
+from flowwatch_gateway.registry.state import Registry
+from tests.support.harness import (
+    ROOT,
+    TEST_API_KEY,
     GatewayProcess,
     await_state,
     list_subsystems,
@@ -34,13 +39,9 @@ from harness import (
     wait_for_state,
 )
 
-from flowwatch_gateway.config import GatewayConfig
-from flowwatch_gateway.gen.flowwatch.v1 import gateway_service_pb2, types_pb2
-from flowwatch_gateway.registry.register import RegisterService
-from flowwatch_gateway.registry.state import Registry
-
 pytestmark = pytest.mark.anyio
-HARNESS = Path(__file__).with_name("harness.py")
+# The minimal subsystem of tests/support/harness.py, run as a module from the repo root.
+HARNESS = [sys.executable, "-m", "tests.support.harness"]
 HEARTBEAT = 0.2
 GRACE = 1.0
 
@@ -231,8 +232,7 @@ async def test_pongs_keep_a_quiet_subsystem_connected_and_silence_makes_it_stale
 def _spawn_subsystem(gateway: GatewayProcess, sid: str) -> subprocess.Popen[str]:
     proc = subprocess.Popen(
         [
-            sys.executable,
-            str(HARNESS),
+            *HARNESS,
             "subsystem",
             "--gateway",
             gateway.url,
@@ -241,6 +241,7 @@ def _spawn_subsystem(gateway: GatewayProcess, sid: str) -> subprocess.Popen[str]
             "--api-key",
             TEST_API_KEY,
         ],
+        cwd=ROOT,
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -305,7 +306,8 @@ def test_sigterm_disconnects_subsystems_and_exits_zero() -> None:
     with start_gateway("--heartbeat", "200ms") as gateway:
         sid = unique_id("shutdown")
         proc = subprocess.Popen(
-            [sys.executable, str(HARNESS), "subsystem", "--gateway", gateway.url, "--id", sid],
+            [*HARNESS, "subsystem", "--gateway", gateway.url, "--id", sid],
+            cwd=ROOT,
             stdout=subprocess.PIPE,
             text=True,
         )

@@ -15,8 +15,9 @@ from datetime import UTC, datetime
 
 import httpx
 import pytest
-from harness import GatewayProcess, free_port, start_gateway, subsystem_states
-from upstreams import (
+
+from tests.support.harness import GatewayProcess, free_port, start_gateway, subsystem_states
+from tests.support.upstreams import (
     Process,
     dead_endpoint,
     hung_endpoint,

@@ -16,13 +16,6 @@ from pathlib import Path
 import httpx
 import pyqwest
 import pytest
-from harness import (
-    GatewayProcess,
-    register_client,
-    register_request,
-    start_gateway,
-    subsystem_states,
-)
 
 from flowwatch_gateway.config import GatewayConfig
 from flowwatch_gateway.gen.flowwatch.v1 import gateway_service_connect, gateway_service_pb2
@@ -30,6 +23,13 @@ from flowwatch_gateway.serving.server import (
     ENVOY_DEFAULT_STREAM_IDLE_TIMEOUT,
     envoy_server,
     stream_idle_timeout,
+)
+from tests.support.harness import (
+    GatewayProcess,
+    register_client,
+    register_request,
+    start_gateway,
+    subsystem_states,
 )
 
 pytestmark = pytest.mark.anyio

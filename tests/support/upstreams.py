@@ -3,10 +3,11 @@
 A demo server here is the in-memory FlowWatch engine served by uvicorn (HTTP/1.1
 only, so the gateway's h2c-then-HTTP/1.1 negotiation is exercised) in its own
 process. Registration is done by a separate minimal registrar process
-(`harness.py subsystem`) that, like the Go client, announces no workflows or
+(`python -m tests.support.harness subsystem`) that, like the Go client, announces no workflows or
 capabilities, so the gateway's discovery is exercised too.
 
-    python tests/upstreams.py demo --id orders --port 9101 --seed 1 --now 2026-11-27T12:00:00+00:00
+    python -m tests.support.upstreams demo --id orders --port 9101 --seed 1 \
+        --now 2026-11-27T12:00:00+00:00
 """
 
 from __future__ import annotations
@@ -22,13 +23,18 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import IO
 
 import httpx
-from harness import ROOT, GatewayProcess, clean_env, free_port, start_gateway, subsystem_states
 
-HERE = Path(__file__).resolve().parent
+from tests.support.harness import (
+    ROOT,
+    GatewayProcess,
+    clean_env,
+    free_port,
+    start_gateway,
+    subsystem_states,
+)
 
 
 class Process:
@@ -66,7 +72,8 @@ def start_demo_server(
     proc = Process(
         [
             sys.executable,
-            str(HERE / "upstreams.py"),
+            "-m",
+            "tests.support.upstreams",
             "demo",
             "--id",
             subsystem_id,
@@ -96,7 +103,8 @@ def start_registrar(gateway_url: str, subsystem_id: str, endpoint: str) -> Proce
     return Process(
         [
             sys.executable,
-            str(HERE / "harness.py"),
+            "-m",
+            "tests.support.harness",
             "subsystem",
             "--gateway",
             gateway_url,

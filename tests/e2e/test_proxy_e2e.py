@@ -15,8 +15,6 @@ import pytest
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 from connectrpc.protocol import ProtocolType
-from harness import http2_client
-from upstreams import DemoStack, demo_stack, post
 
 from flowwatch_gateway.api.ordering import resolve_order, run_sort_key
 from flowwatch_gateway.gen.flowwatch.v1 import (
@@ -28,6 +26,8 @@ from flowwatch_gateway.gen.flowwatch.v1 import (
     workflow_service_connect,
     workflow_service_pb2,
 )
+from tests.support.harness import http2_client
+from tests.support.upstreams import DemoStack, demo_stack, post
 
 pytestmark = pytest.mark.anyio
 

@@ -12,7 +12,8 @@ import sys
 from datetime import UTC, datetime
 
 import pytest
-from upstreams import start_demo_server
+
+from tests.support.upstreams import start_demo_server
 
 RUNS = 25
 

@@ -11,7 +11,8 @@ import time
 
 import httpx
 import pytest
-from harness import RegisterStream, register_client, register_request, start_gateway
+
+from tests.support.harness import RegisterStream, register_client, register_request, start_gateway
 
 pytestmark = [pytest.mark.slow, pytest.mark.anyio]
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from conftest import TEST_API_KEY
-from harness import GatewayProcess, register_client, register_request
 
 from flowwatch_gateway.gen.flowwatch.v1 import types_pb2
+from tests.support.harness import TEST_API_KEY, GatewayProcess, register_client, register_request
 
 pytestmark = pytest.mark.anyio
 UI = "http://localhost:5173"
