@@ -43,7 +43,7 @@ from flowwatch_gateway.proxy.live import LiveProxyMixin
 from flowwatch_gateway.proxy.merge import catalog as merge
 from flowwatch_gateway.proxy.owners import RunOwnerCache, group_by_owner
 from flowwatch_gateway.proxy.upstream import UpstreamClients, negotiate, open_clients
-from flowwatch_gateway.registry.state import Registry, SubsystemInstance
+from flowwatch_gateway.registry.base import Registry, SubsystemInstance
 
 log = logging.getLogger(__name__)
 

@@ -49,7 +49,7 @@ from flowwatch_gateway.proxy.upstream import UpstreamClients
 
 if TYPE_CHECKING:
     from flowwatch_gateway.proxy.owners import RunOwnerCache
-    from flowwatch_gateway.registry.state import Registry
+    from flowwatch_gateway.registry.base import Registry
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from flowwatch_gateway.registry.state import Expiry, Registry
+from flowwatch_gateway.registry.base import Expiry, Registry
 
 log = logging.getLogger(__name__)
 

@@ -31,8 +31,8 @@ from flowwatch_gateway.gen.flowwatch.v1.gateway_service_pb2 import (
     RegisterResponse,
     SubsystemMessage,
 )
-from flowwatch_gateway.registry.state import Registry, SubsystemInstance
-from flowwatch_gateway.urls import http_url_problem
+from flowwatch_gateway.registry.base import Registry, SubsystemInstance
+from flowwatch_gateway.registry.validation import validate_register_request
 
 log = logging.getLogger(__name__)
 
@@ -41,20 +41,6 @@ FIRST_MESSAGE_TIMEOUT_S = 10.0
 REASON_REPLACED = "replaced by a newer registration of the same subsystem id"
 REASON_EXPIRED = "registration expired: stale for longer than the grace period"
 REASON_SHUTDOWN = "gateway shutting down"
-
-
-def validate_register_request(request: RegisterRequest) -> None:
-    """Reject a registration the gateway could not route to, naming the field and value."""
-    if not request.subsystem_id.strip():
-        raise ConnectError(Code.INVALID_ARGUMENT, "RegisterRequest.subsystem_id is required")
-    endpoint = request.flowwatch_endpoint
-    problem = http_url_problem(endpoint)
-    if problem:
-        raise ConnectError(
-            Code.INVALID_ARGUMENT,
-            f"RegisterRequest.flowwatch_endpoint must be an absolute http(s) URL with a host "
-            f"(e.g. http://orders:8080), got {endpoint!r}: {problem}",
-        )
 
 
 class _Session:

@@ -21,9 +21,10 @@ from flowwatch_gateway.api.adapter import APPROXIMATE_HEADER, PARTIAL_FAILURE_HE
 from flowwatch_gateway.api.services import flowwatch_routes
 from flowwatch_gateway.config import GatewayConfig
 from flowwatch_gateway.proxy.gateway import GatewayAdapter
+from flowwatch_gateway.registry.base import Clock, Registry
 from flowwatch_gateway.registry.health import HealthMonitor
+from flowwatch_gateway.registry.memory import InMemoryRegistry
 from flowwatch_gateway.registry.register import REASON_SHUTDOWN, RegisterService, gateway_asgi_app
-from flowwatch_gateway.registry.state import Clock, Registry
 from flowwatch_gateway.serving.asgi_guard import GuardReceiveAfterBody
 from flowwatch_gateway.serving.control import serve_control_socket
 
@@ -60,7 +61,7 @@ def create_app(
     With `control_socket`, the app listens there for the supervisor's drain request
     (see control.py); without it, draining happens in the lifespan shutdown only.
     """
-    registry = Registry(clock)
+    registry: Registry = InMemoryRegistry(clock)
     adapter = GatewayAdapter(registry, config)
     register_service = RegisterService(registry, config)
     registry.add_listener(register_service)

@@ -23,8 +23,8 @@ from connectrpc.protocol import ProtocolType
 
 from flowwatch_gateway.config import GatewayConfig
 from flowwatch_gateway.gen.flowwatch.v1 import gateway_service_pb2, types_pb2
+from flowwatch_gateway.registry.memory import InMemoryRegistry
 from flowwatch_gateway.registry.register import RegisterService
-from flowwatch_gateway.registry.state import Registry
 from tests.support.harness import (
     ROOT,
     TEST_API_KEY,
@@ -329,7 +329,7 @@ def test_sigterm_disconnects_subsystems_and_exits_zero() -> None:
 
 async def test_a_draining_gateway_refuses_new_registrations() -> None:
     """In-process: once draining, a subsystem told to leave cannot rejoin this instance."""
-    registry = Registry()
+    registry = InMemoryRegistry()
     service = RegisterService(registry, GatewayConfig())
     service.start_draining()
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from flowwatch_gateway.gen.flowwatch.v1 import gateway_service_pb2, types_pb2
+from flowwatch_gateway.registry.base import Registry, SubsystemInstance, SubsystemState
 from flowwatch_gateway.registry.health import HealthMonitor
-from flowwatch_gateway.registry.state import Registry, SubsystemInstance, SubsystemState
+from flowwatch_gateway.registry.memory import InMemoryRegistry
 from tests.support.harness import FakeClock
 
 
@@ -43,7 +44,7 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 def registry(clock: FakeClock) -> Registry:
-    return Registry(clock)
+    return InMemoryRegistry(clock)
 
 
 def test_register_records_the_announcement(registry: Registry, clock: FakeClock) -> None:

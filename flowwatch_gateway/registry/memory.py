@@ -1,105 +1,42 @@
-"""The registry: the single owner of what the gateway knows about subsystems.
+"""The in-memory registry: the gateway's subsystem state in one process.
 
-Pure state, no I/O: the Register handler, the health monitor and the proxy all change
-and read subsystems only through these methods, on one event loop. Each registration
-gets a fresh, gateway-wide *epoch*; changes made on behalf of an old connection carry
-its epoch and are ignored once a newer registration of the same id exists, so a
-replaced stream that ends late can never mark its successor stale.
+Pure state, no I/O: used from one event loop, so no locking. Time comes from an
+injected Clock so the state machine can be tested without sleeping.
 
-Time comes from an injected Clock so the state machine can be tested without sleeping.
+The workflow index (workflow id -> sorted owner ids) is kept up to date
+incrementally: a registration or removal touches only that subsystem's workflow
+ids. Rebuilding it from every instance on each change blocked the loop for
+seconds with a thousand subsystems of fifty workflows each.
 """
 
 from __future__ import annotations
 
+import bisect
 import logging
-import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from enum import StrEnum
-from typing import Protocol
 
 from flowwatch_gateway.gen.flowwatch.v1 import gateway_service_pb2, types_pb2
+from flowwatch_gateway.registry.base import (
+    Clock,
+    Expiry,
+    RegistryListener,
+    SubsystemInstance,
+    SubsystemState,
+    SystemClock,
+)
 
 log = logging.getLogger(__name__)
 
 
-class Clock(Protocol):
-    """Wall-clock time for display, monotonic time for measuring intervals."""
-
-    def now(self) -> datetime: ...
-
-    def monotonic(self) -> float: ...
-
-
-class SystemClock:
-    def now(self) -> datetime:
-        return datetime.now(UTC)
-
-    def monotonic(self) -> float:
-        return time.monotonic()
-
-
-class SubsystemState(StrEnum):
-    CONNECTED = "connected"
-    STALE = "stale"
-
-
-@dataclass
-class SubsystemInstance:
-    """One registered subsystem as the gateway currently sees it."""
-
-    id: str
-    name: str
-    description: str
-    endpoint: str
-    metadata: dict[str, str]
-    workflows: list[types_pb2.WorkflowDefinition]
-    capabilities: types_pb2.Capabilities | None
-    state: SubsystemState
-    epoch: int
-    registered_at: datetime
-    last_heartbeat: datetime
-    last_heartbeat_monotonic: float
-    request: gateway_service_pb2.RegisterRequest
-    stale_since: datetime | None = None
-    stale_since_monotonic: float | None = None
-
-    @property
-    def registration_id(self) -> str:
-        """Names this registration (not just the subsystem) in logs and in the UI."""
-        return f"{self.id}#{self.epoch}"
-
-    @property
-    def connected(self) -> bool:
-        return self.state is SubsystemState.CONNECTED
-
-
-class RegistryListener(Protocol):
-    """Told about registrations so per-subsystem resources can follow them."""
-
-    def subsystem_registered(self, instance: SubsystemInstance) -> None:
-        """A subsystem registered, re-registered or replaced its connection."""
-
-    def subsystem_removed(self, instance: SubsystemInstance) -> None:
-        """A subsystem is gone for good (deregistered or stale past the grace period)."""
-
-
-@dataclass
-class Expiry:
-    """What one health sweep changed."""
-
-    went_stale: list[SubsystemInstance] = field(default_factory=list)
-    removed: list[SubsystemInstance] = field(default_factory=list)
-
-
-class Registry:
-    """Subsystem state, keyed by subsystem id. Not thread-safe: use from one event loop."""
+class InMemoryRegistry:
+    """A `Registry` (base.py) in this process. Not thread-safe: use from one event loop."""
 
     def __init__(self, clock: Clock | None = None) -> None:
         self._clock: Clock = clock or SystemClock()
         self._instances: dict[str, SubsystemInstance] = {}
+        # workflow id -> owner ids, sorted; and what each subsystem is indexed under.
         self._workflow_owners: dict[str, list[str]] = {}
+        self._indexed: dict[str, frozenset[str]] = {}
         self._listeners: list[RegistryListener] = []
         self._last_epoch = 0
 
@@ -123,10 +60,7 @@ class Registry:
 
     # --- changes ---------------------------------------------------------------------
     def register(self, request: gateway_service_pb2.RegisterRequest) -> SubsystemInstance:
-        """Record a (re-)registration; it replaces any earlier one with the same id.
-
-        The request must already be validated (id and endpoint present).
-        """
+        """Record a (re-)registration; it replaces any earlier one with the same id."""
         self._last_epoch += 1
         now, mono = self._clock.now(), self._clock.monotonic()
         snapshot = gateway_service_pb2.RegisterRequest()
@@ -148,7 +82,7 @@ class Registry:
             request=snapshot,
         )
         self._instances[instance.id] = instance
-        self._rebuild_workflow_index()
+        self._reindex(instance.id, instance.workflows)
         self._notify_registered(instance)
         return instance
 
@@ -158,7 +92,7 @@ class Registry:
         if instance is None:
             return None
         del self._instances[subsystem_id]
-        self._rebuild_workflow_index()
+        self._reindex(subsystem_id, ())
         self._notify_removed(instance)
         return instance
 
@@ -206,7 +140,7 @@ class Registry:
             return False
         if workflows is not None:
             instance.workflows = _owned_workflows(subsystem_id, workflows)
-            self._rebuild_workflow_index()
+            self._reindex(subsystem_id, instance.workflows)
         if capabilities is not None:
             copied = types_pb2.Capabilities()
             copied.CopyFrom(capabilities)
@@ -259,14 +193,21 @@ class Registry:
             return None
         return instance
 
-    def _rebuild_workflow_index(self) -> None:
-        owners: dict[str, list[str]] = {}
-        for subsystem_id in sorted(self._instances):
-            for workflow in self._instances[subsystem_id].workflows:
-                ids = owners.setdefault(workflow.id, [])
-                if subsystem_id not in ids:
-                    ids.append(subsystem_id)
-        self._workflow_owners = owners
+    def _reindex(
+        self, subsystem_id: str, workflows: Iterable[types_pb2.WorkflowDefinition]
+    ) -> None:
+        """Make the index list `subsystem_id` under exactly these workflows' ids."""
+        before = self._indexed.pop(subsystem_id, frozenset())
+        after = frozenset(workflow.id for workflow in workflows)
+        if after:
+            self._indexed[subsystem_id] = after
+        for workflow_id in before - after:
+            owners = self._workflow_owners[workflow_id]
+            del owners[bisect.bisect_left(owners, subsystem_id)]
+            if not owners:
+                del self._workflow_owners[workflow_id]
+        for workflow_id in after - before:
+            bisect.insort(self._workflow_owners.setdefault(workflow_id, []), subsystem_id)
 
 
 def _owned_workflows(
