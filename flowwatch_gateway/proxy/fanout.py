@@ -1,71 +1,67 @@
-"""Calling several instances at once, each under its own deadline.
+"""Calling several subsystems at once, each under its own deadline.
 
 Two shapes cover every proxied rpc: `gather` asks every target and keeps whatever
 answers arrive in time (partial failure is data, not an error), and `first_success`
 asks every target and returns the first success, cancelling the rest (used when
-the owner of a run or workflow is unknown).
+the owner of a run or workflow is unknown). Both are plain functions over targets;
+`FanOut` adds what a gateway call needs around them: which subsystems to ask, the
+per-call deadline, and naming the subsystems that could not be asked.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 
-from flowwatch_gateway.api.adapter import CallContext
+from flowwatch_gateway.api.context import CallContext
+from flowwatch_gateway.errors import (
+    ANSWER_CODES,
+    DEFINITIVE_CODES,
+    TRANSPORT_CODES,
+    describe_failure,
+)
+from flowwatch_gateway.proxy.pool import UpstreamPool
 from flowwatch_gateway.proxy.upstream import UpstreamClients
+from flowwatch_gateway.registry.base import Registry
+
+__all__ = [
+    "FanOut",
+    "Gathered",
+    "UpstreamCall",
+    "agreed_error",
+    "all_failed_error",
+    "first_success",
+    "gather",
+    "no_subsystem_error",
+    "not_found_or_unavailable",
+    "routed_error",
+    "upstream_timeout_ms",
+]
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 UpstreamCall = Callable[[UpstreamClients, int], Awaitable[T]]
-"""An rpc on one instance's clients, given the per-call timeout in milliseconds."""
-
-_TRANSPORT_CODES = (
-    Code.UNAVAILABLE,
-    Code.DEADLINE_EXCEEDED,
-    Code.CANCELED,
-    Code.UNKNOWN,
-    Code.INTERNAL,
-)
-# An instance answering with one of these owns the subject of the call (the run
-# exists there, the request was judged): waiting for the others is pointless.
-_DEFINITIVE_CODES = (
-    Code.INVALID_ARGUMENT,
-    Code.FAILED_PRECONDITION,
-    Code.ALREADY_EXISTS,
-    Code.PERMISSION_DENIED,
-    Code.OUT_OF_RANGE,
-    Code.ABORTED,
-    Code.RESOURCE_EXHAUSTED,
-)
+"""An rpc on one subsystem's clients, given the per-call timeout in milliseconds."""
 
 # Time kept back from the caller's deadline to merge and send the answer.
 RESPONSE_MARGIN_S = 0.05
 
 
 def upstream_timeout_ms(ctx: CallContext, configured_s: float) -> int:
-    """Per-instance deadline: the configured one, always below the caller's own."""
+    """Per-subsystem deadline: the configured one, always below the caller's own."""
     budget = configured_s
     remaining = ctx.remaining()
     if remaining is not None:
         budget = min(budget, remaining * 0.9 - RESPONSE_MARGIN_S)
     return max(1, int(budget * 1000))
-
-
-def describe_failure(exc: ConnectError) -> str:
-    """A short, safe reason for headers and messages (no upstream internals)."""
-    if exc.code == Code.DEADLINE_EXCEEDED:
-        return "timed out"
-    if exc.code == Code.UNAVAILABLE:
-        return "unavailable"
-    return exc.code.name.lower()
 
 
 @dataclass
@@ -74,7 +70,7 @@ class Gathered(Generic[T]):
     failures: dict[str, ConnectError] = field(default_factory=dict)
 
     def report(self, ctx: CallContext, rpc: str) -> None:
-        """Name failed instances in the response header and the log."""
+        """Name failed subsystems in the response header and the log."""
         for instance_id, exc in sorted(self.failures.items()):
             reason = describe_failure(exc)
             ctx.add_partial_failure(instance_id, reason)
@@ -85,9 +81,22 @@ class Gathered(Generic[T]):
             raise all_failed_error(rpc, self.failures)
 
 
+def no_subsystem_error(rpc: str) -> ConnectError:
+    return ConnectError(Code.UNAVAILABLE, f"{rpc}: no subsystem is connected to the gateway")
+
+
 def all_failed_error(rpc: str, failures: Mapping[str, ConnectError]) -> ConnectError:
     names = ", ".join(f"{iid} ({describe_failure(exc)})" for iid, exc in sorted(failures.items()))
     return ConnectError(Code.UNAVAILABLE, f"{rpc}: no subsystem answered: {names}")
+
+
+def agreed_error(rpc: str, failures: Mapping[str, ConnectError]) -> ConnectError:
+    """The error for a call no subsystem answered: their common answer, else unavailable."""
+    codes = {exc.code for exc in failures.values()}
+    if len(codes) == 1 and next(iter(codes)) in ANSWER_CODES:
+        instance_id = min(failures)
+        return routed_error(instance_id, failures[instance_id])
+    return all_failed_error(rpc, failures)
 
 
 async def _run_one(target: UpstreamClients, call: UpstreamCall[T], timeout_ms: int) -> T:
@@ -95,7 +104,7 @@ async def _run_one(target: UpstreamClients, call: UpstreamCall[T], timeout_ms: i
         return await call(target, timeout_ms)
     except ConnectError:
         raise
-    except Exception as exc:  # a bug or a decoding problem: one instance, not the whole answer
+    except Exception as exc:  # a bug or a decoding problem: one subsystem, not the whole answer
         log.exception("call to instance %s failed unexpectedly", target.instance_id)
         raise ConnectError(Code.INTERNAL, "unexpected error talking to subsystem") from exc
 
@@ -103,7 +112,7 @@ async def _run_one(target: UpstreamClients, call: UpstreamCall[T], timeout_ms: i
 async def gather(
     targets: Sequence[UpstreamClients], call: UpstreamCall[T], timeout_ms: int
 ) -> Gathered[T]:
-    """Ask every target in parallel; collect answers and failures by instance id."""
+    """Ask every target in parallel; collect answers and failures by subsystem id."""
     result: Gathered[T] = Gathered()
     if not targets:
         return result
@@ -123,12 +132,12 @@ async def gather(
 async def first_success(
     targets: Sequence[UpstreamClients], call: UpstreamCall[T], timeout_ms: int
 ) -> tuple[str, T] | dict[str, ConnectError]:
-    """Ask every target; return (instance id, answer) of the first success.
+    """Ask every target; return (subsystem id, answer) of the first success.
 
     The other calls are cancelled as soon as one succeeds, or as soon as one gives
     a definitive answer (e.g. failed_precondition), which is raised. When none
-    succeeds the failures are returned by instance id, for the caller to turn into
-    the right error (not_found only when every instance said not found).
+    succeeds the failures are returned by subsystem id, for the caller to turn into
+    the right error (not_found only when every subsystem said not found).
     """
     failures: dict[str, ConnectError] = {}
     if not targets:
@@ -144,7 +153,7 @@ async def first_success(
                     return tasks[task], task.result()
                 if not isinstance(exc, ConnectError):
                     raise exc
-                if exc.code in _DEFINITIVE_CODES:
+                if exc.code in DEFINITIVE_CODES:
                     raise routed_error(tasks[task], exc)
                 failures[tasks[task]] = exc
         return failures
@@ -159,13 +168,13 @@ async def first_success(
 
 
 def routed_error(instance_id: str, exc: ConnectError) -> ConnectError:
-    """An instance's error as the caller should see it.
+    """A subsystem's error as the caller should see it.
 
     Answers from the subsystem (not_found, failed_precondition, ...) keep their code
     and message; transport-level failures keep their code but get a message that
-    names the instance instead of leaking connection details.
+    names the subsystem instead of leaking connection details.
     """
-    if exc.code in _TRANSPORT_CODES:
+    if exc.code in TRANSPORT_CODES:
         return ConnectError(exc.code, f"subsystem {instance_id} {describe_failure(exc)}")
     return exc
 
@@ -173,14 +182,14 @@ def routed_error(instance_id: str, exc: ConnectError) -> ConnectError:
 def not_found_or_unavailable(
     what: str, failures: Mapping[str, ConnectError], rpc: str
 ) -> ConnectError:
-    """not_found only when every instance said so; otherwise the ones that failed are named."""
+    """not_found only when every subsystem said so; otherwise the ones that failed are named."""
     if not failures:
-        return ConnectError(Code.UNAVAILABLE, f"{rpc}: no subsystem is connected to the gateway")
+        return no_subsystem_error(rpc)
     if all(exc.code == Code.NOT_FOUND for exc in failures.values()):
         return ConnectError(Code.NOT_FOUND, f"{what} was not found in any subsystem")
     unanswered = {iid: exc for iid, exc in failures.items() if exc.code != Code.NOT_FOUND}
     if len(unanswered) == 1:
-        # One instance did not say "not found": it owns the answer, keep its code.
+        # One subsystem did not say "not found": it owns the answer, keep its code.
         ((instance_id, exc),) = unanswered.items()
         return routed_error(instance_id, exc)
     names = ", ".join(f"{iid} ({describe_failure(exc)})" for iid, exc in sorted(unanswered.items()))
@@ -188,3 +197,59 @@ def not_found_or_unavailable(
         Code.UNAVAILABLE,
         f"{what} was not found in the subsystems that answered; these did not: {names}",
     )
+
+
+class FanOut:
+    """Chooses whom a gateway call asks, under which deadline, and reports who was missing."""
+
+    def __init__(self, registry: Registry, pool: UpstreamPool, timeout_s: float) -> None:
+        self._registry = registry
+        self._pool = pool
+        self._timeout_s = timeout_s
+
+    def timeout_ms(self, ctx: CallContext) -> int:
+        return upstream_timeout_ms(ctx, self._timeout_s)
+
+    def connected(self, ids: Iterable[str] | None = None) -> list[UpstreamClients]:
+        """Clients of the connected subsystems (all, or those among `ids`), by id."""
+        return self._pool.connected(ids)
+
+    def note_stale(self, ctx: CallContext, ids: Iterable[str] | None = None) -> None:
+        """Stale subsystems are not asked; say that their data is missing."""
+        wanted = None if ids is None else set(ids)
+        for inst in self._registry.instances():
+            if not inst.connected and (wanted is None or inst.id in wanted):
+                ctx.add_partial_failure(inst.id, "stale")
+
+    def unreachable(self, exclude: Iterable[str] = ()) -> dict[str, ConnectError]:
+        """Registered subsystems that cannot be asked now (stale): they might own it."""
+        skip = set(exclude)
+        return {
+            inst.id: ConnectError(Code.UNAVAILABLE, "stale")
+            for inst in self._registry.instances()
+            if not inst.connected and inst.id not in skip
+        }
+
+    def targets(
+        self, rpc: str, ctx: CallContext, ids: Iterable[str] | None = None
+    ) -> list[UpstreamClients]:
+        """The connected subsystems to ask; unavailable when there is none."""
+        wanted = None if ids is None else list(ids)
+        targets = self.connected(wanted)
+        self.note_stale(ctx, wanted)
+        if not targets:
+            raise no_subsystem_error(rpc)
+        return targets
+
+    async def gather(
+        self,
+        rpc: str,
+        ctx: CallContext,
+        call: UpstreamCall[T],
+        ids: Iterable[str] | None = None,
+    ) -> dict[str, T]:
+        """Fan out to connected subsystems; returns answers, names failures; all fail -> error."""
+        result: Gathered[T] = await gather(self.targets(rpc, ctx, ids), call, self.timeout_ms(ctx))
+        result.report(ctx, rpc)
+        result.raise_if_all_failed(rpc)
+        return result.answers

@@ -13,15 +13,16 @@ to HTTP/1.1 when the subsystem does not speak it; https endpoints negotiate via 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
 import pyqwest
-from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 from connectrpc.protocol import ProtocolType
 
 from flowwatch_gateway import exit_guard
+from flowwatch_gateway.errors import NEGOTIATION_FAILURE_CODES
 from flowwatch_gateway.gen.flowwatch.v1 import (
     analytics_service_connect,
     run_service_connect,
@@ -36,9 +37,6 @@ exit_guard.install()
 
 HttpMode = Literal["h2c", "http1", "tls"]
 
-# Codes that say "the transport could not talk to this server", as opposed to an
-# answer from the server; only these justify retrying over HTTP/1.1.
-_TRANSPORT_FAILURE_CODES = (Code.UNAVAILABLE, Code.UNKNOWN, Code.INTERNAL)
 PROBE_TIMEOUT_MS = 3000
 
 
@@ -108,7 +106,10 @@ def open_clients(instance_id: str, endpoint: str, mode: HttpMode | None = None) 
     return UpstreamClients(instance_id, endpoint, mode, _transport(mode))
 
 
-async def negotiate(clients: UpstreamClients) -> tuple[UpstreamClients, bool]:
+async def negotiate(
+    clients: UpstreamClients,
+    connect: Callable[[str, str, HttpMode | None], UpstreamClients] = open_clients,
+) -> tuple[UpstreamClients, bool]:
     """Check that the instance answers over h2c; fall back to HTTP/1.1 when it does not.
 
     Returns the client set to keep (the same one, or a new HTTP/1.1 one after
@@ -125,16 +126,16 @@ async def negotiate(clients: UpstreamClients) -> tuple[UpstreamClients, bool]:
         )
         return clients, True
     except ConnectError as exc:
-        if exc.code not in _TRANSPORT_FAILURE_CODES:
+        if exc.code not in NEGOTIATION_FAILURE_CODES:
             return clients, True  # it answered over HTTP/2, just not with success
         h2_error = exc
-    fallback = open_clients(clients.instance_id, clients.endpoint, "http1")
+    fallback = connect(clients.instance_id, clients.endpoint, "http1")
     try:
         await fallback.workflows.get_capabilities(
             workflow_service_pb2.GetCapabilitiesRequest(), timeout_ms=PROBE_TIMEOUT_MS
         )
     except ConnectError as exc:
-        if exc.code in _TRANSPORT_FAILURE_CODES:
+        if exc.code in NEGOTIATION_FAILURE_CODES:
             log.warning(
                 "instance %s at %s did not answer a probe over h2c (%s) or HTTP/1.1 (%s)",
                 clients.instance_id,

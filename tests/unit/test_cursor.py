@@ -20,17 +20,19 @@ from hypothesis import strategies as st
 from flowwatch_gateway.api.limits import effective_page_size
 from flowwatch_gateway.api.ordering import OrderField, resolve_order, run_sort_key, sort_runs
 from flowwatch_gateway.gen.flowwatch.v1 import run_service_pb2, types_pb2
+from flowwatch_gateway.proxy.merge.runs import (
+    InstancePage,
+    MergedPage,
+    PageFetch,
+    merge_page,
+    plan_fetches,
+)
 from flowwatch_gateway.proxy.paging import (
     CursorError,
     InstanceCursor,
-    InstancePage,
     ListRunsCursor,
-    MergedPage,
-    PageFetch,
     decode_cursor,
     encode_cursor,
-    merge_page,
-    plan_fetches,
     query_fingerprint,
     resume_cursor,
 )

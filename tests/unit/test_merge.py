@@ -13,22 +13,23 @@ from flowwatch_gateway.gen.flowwatch.v1 import analytics_service_pb2 as analytic
 from flowwatch_gateway.gen.flowwatch.v1 import run_service_pb2 as runs
 from flowwatch_gateway.gen.flowwatch.v1 import types_pb2
 from flowwatch_gateway.gen.flowwatch.v1 import workflow_service_pb2 as wf
-from flowwatch_gateway.proxy.merge.catalog import (
-    NO_ANSWER_ERROR,
-    InstanceView,
-    merge_bulk_results,
-    merge_capabilities,
+from flowwatch_gateway.proxy.merge.analytics import (
     merge_failure_rate,
     merge_heatmap,
     merge_latency,
     merge_step_duration,
-    merge_subsystems,
     merge_throughput,
-    merge_trace,
-    merge_workflows,
-    paginate_list,
     throughput_weights,
 )
+from flowwatch_gateway.proxy.merge.catalog import (
+    InstanceView,
+    merge_capabilities,
+    merge_subsystems,
+    merge_workflows,
+    paginate_list,
+)
+from flowwatch_gateway.proxy.merge.runs import NO_ANSWER_ERROR, merge_bulk_results
+from flowwatch_gateway.proxy.merge.trace import merge_trace
 from flowwatch_gateway.proxy.paging import (
     CursorError,
     InstanceCursor,

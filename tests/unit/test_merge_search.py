@@ -12,8 +12,9 @@ from flowwatch_gateway.gen.flowwatch.v1 import search_service_pb2 as search_pb
 from flowwatch_gateway.gen.flowwatch.v1 import stream_service_pb2 as stream
 from flowwatch_gateway.gen.flowwatch.v1 import types_pb2
 from flowwatch_gateway.proxy.merge import catalog as merge
+from flowwatch_gateway.proxy.merge import live
 from flowwatch_gateway.proxy.merge import search as merge_search
-from flowwatch_gateway.proxy.paging import CursorError
+from flowwatch_gateway.proxy.paging import CursorError, offset_cursor
 
 
 def result(result_id: str, score: float) -> search_pb.SearchResult:
@@ -123,7 +124,7 @@ def test_last_page_has_no_cursor() -> None:
 
 def test_paging_stops_at_the_window_but_totals_count_everything() -> None:
     items = [result(f"r{i:03}", 1000.0 - i) for i in range(100)]
-    cursor = merge_search.search_cursor(80, merge_search.search_fingerprint(request()))
+    cursor = offset_cursor(80, query=merge_search.search_fingerprint(request()))
     page = merge_search.plan_search_page(request(limit=50, cursor=cursor))
     assert page.upstream_limit == merge_search.SEARCH_WINDOW
     merged = merge_search.merge_search({"a": answer(items, total=500, more=True)}, page)
@@ -137,8 +138,8 @@ def test_paging_stops_at_the_window_but_totals_count_everything() -> None:
     [
         "20",  # a subsystem's own cursor
         merge.paginate_list(list(range(30)), "", 10)[1],  # another gateway list cursor
-        merge_search.search_cursor(20, "0000000000000000")[:-2] + "xx",  # edited
-        merge_search.search_cursor(0, merge_search.search_fingerprint(request())),  # never issued
+        offset_cursor(20, query="0000000000000000")[:-2] + "xx",  # edited
+        offset_cursor(0, query=merge_search.search_fingerprint(request())),  # never issued
     ],
 )
 def test_foreign_cursors_are_invalid_argument(cursor: str) -> None:
@@ -148,7 +149,7 @@ def test_foreign_cursors_are_invalid_argument(cursor: str) -> None:
 
 
 def test_a_cursor_only_continues_its_own_query() -> None:
-    cursor = merge_search.search_cursor(20, merge_search.search_fingerprint(request("error")))
+    cursor = offset_cursor(20, query=merge_search.search_fingerprint(request("error")))
     assert merge_search.plan_search_page(request("error", cursor=cursor)).offset == 20
     with pytest.raises(CursorError, match="different query"):
         merge_search.plan_search_page(request("timeout", cursor=cursor))
@@ -249,7 +250,7 @@ def test_stats_add_and_recompute_the_error_rate() -> None:
         rate_per_minute=2.0,
         error_rate=1.0,
     )
-    merged = merge_search.merge_stats([first, second], now)
+    merged = live.merge_stats([first, second], now)
     assert (merged.running, merged.succeeded_last_minute, merged.failed_last_minute) == (4, 6, 4)
     assert merged.paused == 1
     assert merged.rate_per_minute == 11.0
@@ -258,7 +259,5 @@ def test_stats_add_and_recompute_the_error_rate() -> None:
 
 
 def test_stats_with_nothing_finished_have_zero_error_rate() -> None:
-    merged = merge_search.merge_stats(
-        [stream.StatsSnapshot(running=2)], datetime(2026, 1, 1, tzinfo=UTC)
-    )
+    merged = live.merge_stats([stream.StatsSnapshot(running=2)], datetime(2026, 1, 1, tzinfo=UTC))
     assert (merged.running, merged.error_rate) == (2, 0.0)

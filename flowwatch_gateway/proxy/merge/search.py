@@ -1,24 +1,22 @@
-"""Pure merges for the live half of the API: search answers and stats snapshots.
+"""Merging search answers: results by score, facets, suggestions, index stats, reindex.
 
-Search results from several instances are merged by score; the gateway pages over
-the merged list with its own cursor because an instance's cursor only walks that
-instance's results. Each page is served by asking every instance again for its
+Search results from several subsystems are merged by score; the gateway pages over
+the merged list with its own cursor because a subsystem's cursor only walks that
+subsystem's results. Each page is served by asking every subsystem again for its
 best `offset + page size` results: the first k merged results only depend on each
-instance's first k, so pages never repeat or skip a result as long as the
-instances' answers do not change in between. That is only exact within the first
-`SEARCH_WINDOW` merged results (an instance answers at most 100 per call), so the
-gateway stops offering further pages there; `total_count` still counts every match.
+subsystem's first k, so pages never repeat or skip a result as long as the answers
+do not change in between. That is only exact within the first `SEARCH_WINDOW` merged
+results (a subsystem answers at most 100 per call), so the gateway stops offering
+further pages there; `total_count` still counts every match.
 """
 
 from __future__ import annotations
 
 import hashlib
 import heapq
-import json
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
 
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
@@ -26,24 +24,25 @@ from google.protobuf import timestamp_pb2
 
 from flowwatch_gateway.api.limits import effective_page_size
 from flowwatch_gateway.gen.flowwatch.v1 import search_service_pb2 as search_pb
-from flowwatch_gateway.gen.flowwatch.v1 import stream_service_pb2 as stream
 from flowwatch_gateway.gen.flowwatch.v1 import types_pb2
 from flowwatch_gateway.proxy.paging import (
     NOT_ISSUED_MESSAGE,
     CursorError,
-    seal_token,
-    unseal_token,
+    decode_search_cursor,
+    offset_cursor,
 )
 
-SEARCH_CURSOR_VERSION = "s1"
 # The deepest merged result the gateway serves: an instance returns at most 100 per call.
 SEARCH_WINDOW = 100
+
+
 DEFAULT_SUGGESTIONS = 10
+
+
 MAX_SUGGESTIONS = 100
+
+
 _FACET_MAPS = ("status", "workflow", "step", "error")
-
-
-# --------------------------------------------------------------------------- search
 
 
 @dataclass(frozen=True)
@@ -75,24 +74,10 @@ def plan_search_page(request: search_pb.SearchRequest) -> SearchPage:
     cursor = request.pagination.cursor
     if not cursor:
         return SearchPage(0, size, query)
-    try:
-        document = json.loads(unseal_token(cursor, SEARCH_CURSOR_VERSION))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise CursorError(NOT_ISSUED_MESSAGE) from exc
-    if not isinstance(document, dict) or set(document) != {"o", "q"}:
+    offset = decode_search_cursor(cursor, query)
+    if not 0 < offset < SEARCH_WINDOW:
         raise CursorError(NOT_ISSUED_MESSAGE)
-    offset, issued_for = document["o"], document["q"]
-    if not isinstance(offset, int) or isinstance(offset, bool) or not 0 < offset < SEARCH_WINDOW:
-        raise CursorError(NOT_ISSUED_MESSAGE)
-    if issued_for != query:
-        raise CursorError(
-            "cursor belongs to a different query, scope or time range; start again without a cursor"
-        )
     return SearchPage(offset, size, query)
-
-
-def search_cursor(offset: int, query: str) -> str:
-    return seal_token(SEARCH_CURSOR_VERSION, json.dumps({"o": offset, "q": query}).encode())
 
 
 def merge_results(
@@ -134,7 +119,7 @@ def merge_search(
     more_upstream = any(r.pagination.next_cursor for r in responses.values())
     next_cursor = ""
     if end < SEARCH_WINDOW and (len(merged) > end or more_upstream):
-        next_cursor = search_cursor(end, page.query)
+        next_cursor = offset_cursor(end, query=page.query)
     total = sum(max(r.pagination.total_count, len(r.results)) for r in responses.values())
     return search_pb.SearchResponse(
         results=results,
@@ -142,9 +127,6 @@ def merge_search(
         pagination=types_pb2.PaginationResponse(next_cursor=next_cursor, total_count=total),
         query_ms=max((r.query_ms for r in responses.values()), default=0),
     )
-
-
-# --------------------------------------------------------------------------- suggest
 
 
 def suggestion_limit(requested: int) -> int:
@@ -171,9 +153,6 @@ def merge_suggestions(
             for value, count in ordered[: suggestion_limit(limit)]
         ]
     )
-
-
-# --------------------------------------------------------------------------- index
 
 
 def merge_index_stats(
@@ -203,26 +182,3 @@ def merge_reindex(responses: Mapping[str, search_pb.ReindexResponse]) -> search_
     return search_pb.ReindexResponse(
         runs_queued=sum(response.runs_queued for response in responses.values())
     )
-
-
-# --------------------------------------------------------------------------- stats
-
-
-def merge_stats(snapshots: Iterable[stream.StatsSnapshot], now: datetime) -> stream.StatsSnapshot:
-    """Counters and rates added; the error rate recomputed from the added last-minute counts.
-
-    Error rate = failed / (succeeded + failed) over the last minute, 0 when nothing
-    finished: a mean of the instances' rates would weigh a quiet instance like a
-    busy one.
-    """
-    merged = stream.StatsSnapshot()
-    merged.timestamp.FromDatetime(now)
-    for snapshot in snapshots:
-        merged.running += snapshot.running
-        merged.succeeded_last_minute += snapshot.succeeded_last_minute
-        merged.failed_last_minute += snapshot.failed_last_minute
-        merged.paused += snapshot.paused
-        merged.rate_per_minute += snapshot.rate_per_minute
-    finished = merged.succeeded_last_minute + merged.failed_last_minute
-    merged.error_rate = merged.failed_last_minute / finished if finished else 0.0
-    return merged

@@ -1,0 +1,196 @@
+"""The upstream pool: one set of Connect clients per registered subsystem, and discovery.
+
+Client sets live exactly as long as registrations: the pool listens to the registry,
+opens clients when a subsystem registers and closes them when it is removed. A
+subsystem that registers before its own server listens (common) is probed with
+backoff until it answers; the probe settles the HTTP version (h2c, else HTTP/1.1)
+and discovery fills in what the RegisterRequest left out (workflows, capabilities).
+
+`connect` is the one seam to the network: it builds the clients for an endpoint.
+Production passes `open_clients` (sockets); tests pass a factory that serves a demo
+engine in-process, so routing and fan-out run without starting processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+
+from connectrpc.code import Code
+from connectrpc.errors import ConnectError
+
+from flowwatch_gateway.api.listing import list_all_workflows
+from flowwatch_gateway.errors import RETRYABLE_CODES
+from flowwatch_gateway.gen.flowwatch.v1 import types_pb2 as types
+from flowwatch_gateway.gen.flowwatch.v1 import workflow_service_pb2 as wf
+from flowwatch_gateway.proxy.upstream import HttpMode, UpstreamClients, negotiate, open_clients
+from flowwatch_gateway.registry.base import Registry, SubsystemInstance
+
+__all__ = ["Connect", "UpstreamPool", "fetch_all_workflows"]
+
+log = logging.getLogger(__name__)
+
+Connect = Callable[[str, str, HttpMode | None], UpstreamClients]
+"""(subsystem id, endpoint, HTTP mode or None for the endpoint's default) -> clients."""
+
+DISCOVERY_FIRST_RETRY_S = 0.5
+DISCOVERY_MAX_RETRY_S = 30.0
+CLOSE_TIMEOUT_S = 2.0
+REPLACED_CLIENTS_GRACE_S = 10.0
+
+
+async def fetch_all_workflows(
+    clients: UpstreamClients, timeout_ms: int
+) -> list[types.WorkflowDefinition]:
+    """Every workflow of one subsystem, each naming its subsystem, within one budget."""
+    try:
+        async with asyncio.timeout(timeout_ms / 1000):
+            found = await list_all_workflows(clients.workflows, timeout_ms)
+    except TimeoutError:
+        raise ConnectError(Code.DEADLINE_EXCEEDED, "ListWorkflows timed out") from None
+    for definition in found:
+        if not definition.subsystem_id:
+            definition.subsystem_id = clients.instance_id
+    return found
+
+
+class UpstreamPool:
+    """Owns every subsystem's clients and the background work that prepares them."""
+
+    def __init__(
+        self, registry: Registry, *, timeout_s: float, connect: Connect = open_clients
+    ) -> None:
+        self._registry = registry
+        self._timeout_s = timeout_s
+        self._connect = connect
+        self._clients: dict[str, UpstreamClients] = {}
+        self._background: set[asyncio.Task[None]] = set()
+        # connectrpc turns a cancelled call into ConnectError(CANCELED), so a loop
+        # cannot rely on task cancellation alone to stop: it also checks this.
+        self._closing = asyncio.Event()
+        registry.add_listener(self)
+
+    # --- what the proxy asks ---------------------------------------------------------
+    def get(self, instance_id: str) -> UpstreamClients | None:
+        return self._clients.get(instance_id)
+
+    def connected(self, ids: Iterable[str] | None = None) -> list[UpstreamClients]:
+        """Clients of connected subsystems (all, or those among `ids`), ordered by id."""
+        wanted = None if ids is None else set(ids)
+        return [
+            self._clients[inst.id]
+            for inst in self._registry.connected()
+            if inst.id in self._clients and (wanted is None or inst.id in wanted)
+        ]
+
+    def connected_clients(self, instance_id: str) -> UpstreamClients | None:
+        """The subsystem's clients if it is registered and connected now."""
+        instance = self._registry.get(instance_id)
+        if instance is None or not instance.connected:
+            return None
+        return self._clients.get(instance_id)
+
+    def track(self, task: asyncio.Task[None]) -> None:
+        """Tasks serving the proxy (e.g. stream readers) that aclose() must stop."""
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # --- registry listener: clients live exactly as long as registrations -------------
+    def subsystem_registered(self, instance: SubsystemInstance) -> None:
+        old = self._clients.pop(instance.id, None)
+        # A reconnect to the same endpoint keeps the HTTP version already negotiated.
+        mode = old.mode if old is not None and old.endpoint == instance.endpoint else None
+        clients = self._connect(instance.id, instance.endpoint, mode)
+        self._clients[instance.id] = clients
+        if old is not None:
+            self._spawn(self._close_later(old))
+        self._spawn(self._prepare(instance, clients))
+
+    def subsystem_removed(self, instance: SubsystemInstance) -> None:
+        clients = self._clients.pop(instance.id, None)
+        if clients is not None:
+            self._spawn(clients.close())
+
+    async def aclose(self) -> None:
+        self._closing.set()
+        for task in list(self._background):
+            task.cancel()
+        if self._background:
+            await asyncio.wait(list(self._background), timeout=CLOSE_TIMEOUT_S)
+        clients, self._clients = list(self._clients.values()), {}
+        await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
+
+    # --- internals -------------------------------------------------------------------
+    def _spawn(self, work: Awaitable[None]) -> None:
+        async def run() -> None:
+            try:
+                await work
+            except Exception:
+                log.exception("background gateway task failed")
+
+        self.track(asyncio.ensure_future(run()))
+
+    @staticmethod
+    async def _close_later(clients: UpstreamClients) -> None:
+        """Let calls in flight on a replaced client set finish before closing it."""
+        try:
+            await asyncio.sleep(REPLACED_CLIENTS_GRACE_S)
+        finally:
+            await clients.close()
+
+    async def _prepare(self, instance: SubsystemInstance, clients: UpstreamClients) -> None:
+        """Settle the HTTP version, then discover what the registration left out.
+
+        Both steps are retried with backoff for as long as this registration is
+        current and the subsystem has not answered.
+        """
+        delay = DISCOVERY_FIRST_RETRY_S
+        while self._registry.is_current(instance.id, instance.epoch):
+            negotiated, reachable = await negotiate(clients, self._connect)
+            if self._closing.is_set():
+                return
+            if negotiated is not clients:
+                if self._clients.get(instance.id) is not clients:  # replaced meanwhile
+                    await negotiated.close()
+                    return
+                self._clients[instance.id] = clients = negotiated
+            if reachable and await self._discover(instance, clients):
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), delay)
+            if self._closing.is_set():
+                return
+            delay = min(delay * 2, DISCOVERY_MAX_RETRY_S)
+
+    async def _discover(self, instance: SubsystemInstance, clients: UpstreamClients) -> bool:
+        """Fetch workflows/capabilities when the RegisterRequest carried none (Go clients).
+
+        Returns False when the subsystem could not be reached (worth another try);
+        an rpc it answers with an error (e.g. unimplemented) is not asked again.
+        """
+        timeout_ms = int(self._timeout_s * 1000)
+        workflows: list[types.WorkflowDefinition] | None = None
+        capabilities: types.Capabilities | None = None
+        unreachable = False
+        if not instance.workflows:
+            try:
+                workflows = await fetch_all_workflows(clients, timeout_ms)
+            except ConnectError as exc:
+                unreachable |= exc.code in RETRYABLE_CODES
+                log.warning("discovery: ListWorkflows on %s failed: %s", instance.id, exc.message)
+        if instance.capabilities is None:
+            try:
+                response = await clients.workflows.get_capabilities(
+                    wf.GetCapabilitiesRequest(), timeout_ms=timeout_ms
+                )
+                capabilities = response.capabilities
+            except ConnectError as exc:
+                unreachable |= exc.code in RETRYABLE_CODES
+                log.warning("discovery: GetCapabilities on %s failed: %s", instance.id, exc.message)
+        if workflows is not None or capabilities is not None:
+            self._registry.update_discovery(
+                instance.id, instance.epoch, workflows=workflows, capabilities=capabilities
+            )
+        return not unreachable

@@ -1,0 +1,216 @@
+"""RunService through the gateway: the merged run list, per-run calls and bulk actions.
+
+ListRuns fans out and k-way merges with a gateway cursor (merge/runs.py, paging.py).
+The ten per-run rpcs are one table: each goes to the run's owner (router.py), and
+those that change state are never broadcast. Bulk actions are split by owner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from connectrpc.code import Code
+from connectrpc.errors import ConnectError
+from google.protobuf.message import Message
+
+from flowwatch_gateway.api.context import CallContext
+from flowwatch_gateway.api.limits import effective_page_size
+from flowwatch_gateway.api.ordering import resolve_order
+from flowwatch_gateway.gen.flowwatch.v1 import run_service_pb2 as runs
+from flowwatch_gateway.gen.flowwatch.v1 import types_pb2 as types
+from flowwatch_gateway.proxy import paging
+from flowwatch_gateway.proxy.fanout import FanOut, all_failed_error, gather, routed_error
+from flowwatch_gateway.proxy.merge import runs as run_merge
+from flowwatch_gateway.proxy.pool import UpstreamPool
+from flowwatch_gateway.proxy.router import Router
+from flowwatch_gateway.proxy.upstream import UpstreamClients
+from flowwatch_gateway.registry.base import Registry
+
+__all__ = ["PER_RUN_RPCS", "PerRunRpc", "RunsProxy"]
+
+_NOT_CONNECTED = ConnectError(Code.UNAVAILABLE, "not connected")
+
+
+@dataclass(frozen=True)
+class PerRunRpc:
+    """A RunService rpc addressed by run id: its name and whether it changes state."""
+
+    name: str
+    method: str  # the generated client's method, e.g. "get_run_steps"
+    changes_state: bool
+
+
+PER_RUN_RPCS: tuple[PerRunRpc, ...] = (
+    PerRunRpc("GetRun", "get_run", changes_state=False),
+    PerRunRpc("GetRunSteps", "get_run_steps", changes_state=False),
+    PerRunRpc("GetRunTimeline", "get_run_timeline", changes_state=False),
+    PerRunRpc("GetRunLogs", "get_run_logs", changes_state=False),
+    PerRunRpc("RetryRun", "retry_run", changes_state=True),
+    PerRunRpc("RetryFromStep", "retry_from_step", changes_state=True),
+    PerRunRpc("CancelRun", "cancel_run", changes_state=True),
+    PerRunRpc("PauseRun", "pause_run", changes_state=True),
+    PerRunRpc("ResumeRun", "resume_run", changes_state=True),
+    PerRunRpc("SkipStep", "skip_step", changes_state=True),
+)
+
+PerRunHandler = Callable[[Any, CallContext], Awaitable[Message]]
+BulkCall = Callable[[UpstreamClients, list[str], int], Awaitable[Sequence[runs.BulkActionResult]]]
+
+
+class RunsProxy:
+    """The gateway's RunService; the per-run rpcs are bound from PER_RUN_RPCS."""
+
+    def __init__(self, registry: Registry, pool: UpstreamPool, fan: FanOut, router: Router) -> None:
+        self._registry = registry
+        self._pool = pool
+        self._fan = fan
+        self._router = router
+        for rpc in PER_RUN_RPCS:
+            setattr(self, rpc.method, self._per_run_handler(rpc))
+
+    # --- per-run calls ---------------------------------------------------------------
+    def _per_run_handler(self, rpc: PerRunRpc) -> PerRunHandler:
+        async def handle(request: Any, ctx: CallContext) -> Message:
+            async def call(c: UpstreamClients, timeout_ms: int) -> Message:
+                answer: Message = await getattr(c.runs, rpc.method)(request, timeout_ms=timeout_ms)
+                return answer
+
+            owner, answer = await self._router.on_run_owner(
+                rpc.name, request.run_id, ctx, call, locate_first=rpc.changes_state
+            )
+            new_run_id = getattr(answer, "new_run_id", "")
+            if new_run_id:  # a retry's new run lives where the original did
+                self._router.owners.put(new_run_id, owner)
+            return answer
+
+        handle.__name__ = rpc.method
+        return handle
+
+    # --- listing ---------------------------------------------------------------------
+    def _list_targets(self, run_filter: runs.RunFilter) -> list[str]:
+        """subsystem_ids narrows the subsystems asked; unknown ids leave the filter upstream."""
+        every = [inst.id for inst in self._registry.instances()]
+        if not run_filter.subsystem_ids:
+            return every
+        named = [iid for iid in every if iid in set(run_filter.subsystem_ids)]
+        return named or every
+
+    async def list_runs(
+        self, request: runs.ListRunsRequest, ctx: CallContext
+    ) -> runs.ListRunsResponse:
+        field, descending = resolve_order(request.order_by, request.descending)
+        limit = effective_page_size(request.pagination.limit)
+        query = paging.query_fingerprint(request.filter, field, descending)
+        state = paging.resume_cursor(request.pagination.cursor, query)
+        available = [clients.instance_id for clients in self._fan.connected()]
+        if state is None:
+            wanted = set(self._list_targets(request.filter))
+            self._fan.note_stale(ctx, wanted)
+            fetches = run_merge.plan_fetches(None, [i for i in available if i in wanted], limit)
+        else:
+            fetches = run_merge.plan_fetches(state, available, limit)
+        if not fetches and (state is None or not available):
+            raise ConnectError(
+                Code.UNAVAILABLE, "ListRuns: no subsystem is connected to the gateway"
+            )
+
+        async def fetch(c: UpstreamClients, timeout_ms: int) -> run_merge.InstancePage:
+            plan = fetches[c.instance_id]
+            upstream = runs.ListRunsRequest(
+                filter=request.filter,
+                pagination=types.PaginationRequest(cursor=plan.upstream_cursor, limit=plan.limit),
+                order_by=field,
+                descending=descending,
+            )
+            answer = await c.runs.list_runs(upstream, timeout_ms=timeout_ms)
+            return run_merge.InstancePage(
+                runs=list(answer.runs),
+                next_cursor=answer.pagination.next_cursor,
+                total_count=answer.pagination.total_count,
+            )
+
+        result = await gather(self._fan.connected(fetches), fetch, self._fan.timeout_ms(ctx))
+        result.report(ctx, "ListRuns")
+        merged = run_merge.merge_page(
+            state, fetches, result.answers, limit, field, descending, query=query
+        )
+        for instance_id in merged.failed:
+            if instance_id not in ctx.partial_failures:
+                ctx.add_partial_failure(instance_id, "not connected")
+        if not result.answers and merged.failed:
+            # Nothing could be fetched: answering an empty page would loop a pager forever.
+            raise all_failed_error(
+                "ListRuns",
+                {iid: result.failures.get(iid, _NOT_CONNECTED) for iid in merged.failed},
+            )
+        for instance_id, run in merged.runs:
+            self._router.owners.put(run.id, instance_id)
+        return runs.ListRunsResponse(
+            runs=[run for _, run in merged.runs],
+            pagination=types.PaginationResponse(
+                next_cursor=paging.encode_cursor(merged.next_state) if merged.next_state else "",
+                total_count=merged.total_count,
+            ),
+        )
+
+    # --- bulk actions ----------------------------------------------------------------
+    async def _bulk(
+        self, run_ids: Sequence[str], ctx: CallContext, call: BulkCall
+    ) -> list[runs.BulkActionResult]:
+        grouped, errors = await self._router.owners_of(run_ids, ctx)
+        results: dict[str, runs.BulkActionResult] = {
+            run_id: runs.BulkActionResult(run_id=run_id, success=False, error=message)
+            for run_id, message in errors.items()
+        }
+        timeout_ms = self._fan.timeout_ms(ctx)
+
+        async def on_instance(instance_id: str, ids: list[str]) -> None:
+            clients = self._pool.get(instance_id)
+            try:
+                if clients is None:
+                    raise _NOT_CONNECTED
+                answered = await call(clients, ids, timeout_ms)
+            except ConnectError as exc:
+                reason = routed_error(instance_id, exc).message
+                for run_id in ids:
+                    results[run_id] = runs.BulkActionResult(
+                        run_id=run_id, success=False, error=reason
+                    )
+                ctx.add_partial_failure(instance_id, reason)
+                return
+            for result in answered:
+                results[result.run_id] = result
+                if result.new_run_id:
+                    self._router.owners.put(result.new_run_id, instance_id)
+
+        await asyncio.gather(*(on_instance(iid, ids) for iid, ids in grouped.items()))
+        return run_merge.merge_bulk_results(run_ids, results)
+
+    async def bulk_retry(
+        self, request: runs.BulkRetryRequest, ctx: CallContext
+    ) -> runs.BulkRetryResponse:
+        async def call(
+            c: UpstreamClients, ids: list[str], timeout_ms: int
+        ) -> Sequence[runs.BulkActionResult]:
+            answer = await c.runs.bulk_retry(
+                runs.BulkRetryRequest(run_ids=ids), timeout_ms=timeout_ms
+            )
+            return list(answer.results)
+
+        return runs.BulkRetryResponse(results=await self._bulk(request.run_ids, ctx, call))
+
+    async def bulk_cancel(
+        self, request: runs.BulkCancelRequest, ctx: CallContext
+    ) -> runs.BulkCancelResponse:
+        async def call(
+            c: UpstreamClients, ids: list[str], timeout_ms: int
+        ) -> Sequence[runs.BulkActionResult]:
+            answer = await c.runs.bulk_cancel(
+                runs.BulkCancelRequest(run_ids=ids, reason=request.reason), timeout_ms=timeout_ms
+            )
+            return list(answer.results)
+
+        return runs.BulkCancelResponse(results=await self._bulk(request.run_ids, ctx, call))

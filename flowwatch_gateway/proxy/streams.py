@@ -1,0 +1,295 @@
+"""StreamService through the gateway: fan-in of live streams.
+
+WatchRuns and WatchStats open the same stream on every connected subsystem and fan
+the events in through one queue as they arrive (no waiting for the slower ones, so
+the first event - which is what makes a Connect stream send its headers - is not
+delayed). WatchRun relays the stream of the run's owner. An upstream stream that
+fails is logged and the others carry on; the call ends with an error only when
+every upstream failed before anything was relayed. Subsystems that register after a
+stream started are not added to it: the UI reconnects its streams and then gets
+them. Upstream streams get no deadline of their own (only the caller's, when it set
+one), and are closed when the gateway stops or the caller goes away (the ASGI guard
+in serving/asgi_guard.py reports a departed caller within a second, even on a quiet
+stream).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Generic, TypeVar
+
+from connectrpc.code import Code
+from connectrpc.errors import ConnectError
+
+from flowwatch_gateway.api.context import CallContext
+from flowwatch_gateway.errors import describe_failure
+from flowwatch_gateway.gen.flowwatch.v1 import stream_service_pb2 as stream
+from flowwatch_gateway.proxy.fanout import FanOut, agreed_error, routed_error
+from flowwatch_gateway.proxy.merge import live
+from flowwatch_gateway.proxy.pool import UpstreamPool
+from flowwatch_gateway.proxy.router import Router
+from flowwatch_gateway.proxy.upstream import UpstreamClients
+from flowwatch_gateway.registry.base import Registry, SubsystemInstance
+
+__all__ = ["StreamFanIn", "StreamsProxy"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+DEFAULT_STATS_INTERVAL_S = 5
+# Events buffered per fan-in before upstream readers wait for the caller to catch up.
+FAN_IN_BUFFER = 256
+STREAM_CLOSE_TIMEOUT_S = 2.0
+
+
+def stream_timeout_ms(ctx: CallContext) -> int | None:
+    """Long-lived streams get the caller's deadline if it set one, and none otherwise."""
+    remaining = ctx.remaining()
+    return None if remaining is None else max(1, int(remaining * 1000))
+
+
+@dataclass(frozen=True)
+class _Ended:
+    instance_id: str
+    error: ConnectError | None
+
+
+class StreamFanIn(Generic[T]):
+    """One reader task per upstream stream, all feeding one queue.
+
+    connectrpc turns a cancelled call into ConnectError(CANCELED); once `aclose`
+    has begun such an end is expected and is neither reported nor waited on.
+    """
+
+    def __init__(
+        self,
+        rpc: str,
+        targets: Sequence[UpstreamClients],
+        open_stream: Callable[[UpstreamClients], AsyncIterator[T]],
+        track: Callable[[asyncio.Task[None]], None],
+    ) -> None:
+        self._rpc = rpc
+        self._queue: asyncio.Queue[tuple[str, T] | _Ended] = asyncio.Queue()
+        self._space = asyncio.Semaphore(FAN_IN_BUFFER)
+        self._closing = False
+        self.live: set[str] = {t.instance_id for t in targets}
+        self.failures: dict[str, ConnectError] = {}
+        self.delivered = False
+        self._tasks = [asyncio.ensure_future(self._read(t, open_stream)) for t in targets]
+        for task in self._tasks:
+            track(task)
+
+    async def _read(
+        self, target: UpstreamClients, open_stream: Callable[[UpstreamClients], AsyncIterator[T]]
+    ) -> None:
+        error: ConnectError | None = None
+        try:
+            async for item in open_stream(target):
+                await self._space.acquire()
+                self._queue.put_nowait((target.instance_id, item))
+        except ConnectError as exc:
+            error = exc
+        except Exception as exc:  # a bug or a decoding problem: this instance only
+            log.exception("%s: stream from %s failed unexpectedly", self._rpc, target.instance_id)
+            error = ConnectError(Code.INTERNAL, "unexpected error reading the subsystem stream")
+            error.__cause__ = exc
+        if not self._closing:
+            self._queue.put_nowait(_Ended(target.instance_id, error))
+
+    async def next(self, timeout_s: float | None = None) -> tuple[str, T] | None:
+        """The next (instance id, event); None when `timeout_s` passed first.
+
+        Raises StopAsyncIteration when every upstream stream has ended.
+        """
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            if not self.live and self._queue.empty():
+                raise StopAsyncIteration
+            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                item = await asyncio.wait_for(self._queue.get(), wait)
+            except TimeoutError:
+                return None
+            if isinstance(item, _Ended):
+                self._ended(item)
+                continue
+            self._space.release()
+            self.delivered = True
+            return item
+
+    def _ended(self, ended: _Ended) -> None:
+        self.live.discard(ended.instance_id)
+        if ended.error is None:
+            log.info("%s: stream from %s ended", self._rpc, ended.instance_id)
+            return
+        self.failures[ended.instance_id] = ended.error
+        log.warning(
+            "%s: stream from %s failed: %s (%s)",
+            self._rpc,
+            ended.instance_id,
+            describe_failure(ended.error),
+            ended.error.message,
+        )
+
+    def error_if_nothing_delivered(self) -> ConnectError | None:
+        """After every stream ended: an error only if all failed before any event."""
+        if self.delivered or not self.failures:
+            return None
+        if len(self.failures) < len(self._tasks):
+            return None  # some ended cleanly: an empty stream is a fair answer
+        return agreed_error(self._rpc, self.failures)
+
+    async def aclose(self) -> None:
+        self._closing = True
+        for task in self._tasks:
+            task.cancel()
+        pending = [task for task in self._tasks if not task.done()]
+        if pending:
+            _, still = await asyncio.wait(pending, timeout=STREAM_CLOSE_TIMEOUT_S)
+            if still:
+                log.warning(
+                    "%s: %d upstream stream(s) did not stop within %ss",
+                    self._rpc,
+                    len(still),
+                    STREAM_CLOSE_TIMEOUT_S,
+                )
+
+
+class StreamsProxy:
+    """The gateway's StreamService."""
+
+    def __init__(self, registry: Registry, pool: UpstreamPool, fan: FanOut, router: Router) -> None:
+        self._registry = registry
+        self._pool = pool
+        self._fan = fan
+        self._router = router
+
+    def _report_early_failures(self, fan_in: StreamFanIn[T], ctx: CallContext) -> None:
+        """Put the failures so far into the response headers. Called before every event:
+        the headers go out with the first one (or with the error), so failures after
+        that can only be logged."""
+        for instance_id, exc in fan_in.failures.items():
+            if exc.code != Code.UNIMPLEMENTED:
+                ctx.add_partial_failure(instance_id, describe_failure(exc))
+
+    async def watch_runs(
+        self, request: stream.WatchRunsRequest, ctx: CallContext
+    ) -> AsyncIterator[stream.RunEvent]:
+        wanted = _watched(self._registry.instances(), request.subsystem_ids)
+        targets = self._fan.targets("WatchRuns", ctx, wanted)
+        timeout_ms = stream_timeout_ms(ctx)
+
+        def open_stream(c: UpstreamClients) -> AsyncIterator[stream.RunEvent]:
+            return c.stream.watch_runs(request, timeout_ms=timeout_ms)
+
+        fan_in = StreamFanIn("WatchRuns", targets, open_stream, self._pool.track)
+        try:
+            while True:
+                try:
+                    found = await fan_in.next()
+                except StopAsyncIteration:
+                    break
+                if found is None:
+                    continue
+                instance_id, event = found
+                if event.run.id:
+                    self._router.owners.put(event.run.id, instance_id)
+                self._report_early_failures(fan_in, ctx)
+                yield event
+            self._report_early_failures(fan_in, ctx)
+            error = fan_in.error_if_nothing_delivered()
+            if error is not None:
+                raise error
+        finally:
+            await fan_in.aclose()
+
+    async def watch_run(
+        self, request: stream.WatchRunRequest, ctx: CallContext
+    ) -> AsyncIterator[stream.RunDetailEvent]:
+        owner = await self._router.locate_run("WatchRun", request.run_id, ctx)
+        clients = self._pool.get(owner)
+        if clients is None:  # removed while being probed
+            raise ConnectError(Code.UNAVAILABLE, f"subsystem {owner} is no longer connected")
+        timeout_ms = stream_timeout_ms(ctx)
+
+        def open_stream(c: UpstreamClients) -> AsyncIterator[stream.RunDetailEvent]:
+            return c.stream.watch_run(request, timeout_ms=timeout_ms)
+
+        fan_in = StreamFanIn("WatchRun", [clients], open_stream, self._pool.track)
+        try:
+            while True:
+                try:
+                    found = await fan_in.next()
+                except StopAsyncIteration:
+                    break
+                if found is not None:
+                    yield found[1]
+            failure = fan_in.failures.get(owner)
+            if failure is not None and failure.code != Code.CANCELED:
+                raise routed_error(owner, failure)
+        finally:
+            await fan_in.aclose()
+
+    async def watch_stats(
+        self, request: stream.WatchStatsRequest, ctx: CallContext
+    ) -> AsyncIterator[stream.StatsSnapshot]:
+        """A merged snapshot whenever every instance has sent a new one, or each interval.
+
+        Each instance's latest snapshot counts until its stream ends; then it drops out.
+        """
+        if request.interval_seconds < 0:
+            raise ConnectError(
+                Code.INVALID_ARGUMENT,
+                f"WatchStats: interval_seconds must be at least 1 (0 means the default "
+                f"{DEFAULT_STATS_INTERVAL_S}); got {request.interval_seconds}",
+            )
+        interval = request.interval_seconds or DEFAULT_STATS_INTERVAL_S
+        targets = self._fan.targets("WatchStats", ctx)
+        timeout_ms = stream_timeout_ms(ctx)
+
+        def open_stream(c: UpstreamClients) -> AsyncIterator[stream.StatsSnapshot]:
+            return c.stream.watch_stats(request, timeout_ms=timeout_ms)
+
+        fan_in = StreamFanIn("WatchStats", targets, open_stream, self._pool.track)
+        latest: dict[str, stream.StatsSnapshot] = {}
+        fresh: set[str] = set()
+        next_tick = time.monotonic() + interval
+        try:
+            while True:
+                try:
+                    found = await fan_in.next(max(0.0, next_tick - time.monotonic()))
+                except StopAsyncIteration:
+                    break
+                if found is not None:
+                    latest[found[0]] = found[1]
+                    fresh.add(found[0])
+                for gone in set(latest) - fan_in.live:
+                    del latest[gone]
+                    fresh.discard(gone)
+                round_complete = bool(latest) and fan_in.live <= fresh
+                if round_complete or (found is None and latest):
+                    self._report_early_failures(fan_in, ctx)
+                    yield live.merge_stats(latest.values(), datetime.now(UTC))
+                    fresh.clear()
+                    next_tick = time.monotonic() + interval
+                elif found is None:
+                    next_tick = time.monotonic() + interval
+            self._report_early_failures(fan_in, ctx)
+            error = fan_in.error_if_nothing_delivered()
+            if error is not None:
+                raise error
+        finally:
+            await fan_in.aclose()
+
+
+def _watched(instances: Iterable[SubsystemInstance], subsystem_ids: Sequence[str]) -> list[str]:
+    """The subsystems a WatchRuns filter names; unknown ids (or none) mean all of them."""
+    every = [inst.id for inst in instances]
+    named = [iid for iid in every if iid in set(subsystem_ids)]
+    return named or every

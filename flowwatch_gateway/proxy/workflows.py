@@ -1,0 +1,142 @@
+"""WorkflowService through the gateway: workflows, subsystems, traces, capabilities.
+
+Workflow lookups route by the registry's workflow index; the subsystem list is the
+gateway's own view of its registrations merged with what each subsystem says of
+itself (never an error for lack of answers); traces are stitched from every
+subsystem's part; capabilities are what the connected subsystems announced.
+"""
+
+from __future__ import annotations
+
+from connectrpc.code import Code
+from connectrpc.errors import ConnectError
+
+from flowwatch_gateway.api.context import CallContext
+from flowwatch_gateway.gen.flowwatch.v1 import types_pb2 as types
+from flowwatch_gateway.gen.flowwatch.v1 import workflow_service_pb2 as wf
+from flowwatch_gateway.proxy.fanout import FanOut, gather
+from flowwatch_gateway.proxy.merge import catalog, trace
+from flowwatch_gateway.proxy.paging import CursorError
+from flowwatch_gateway.proxy.pool import fetch_all_workflows
+from flowwatch_gateway.proxy.router import Router
+from flowwatch_gateway.proxy.upstream import UpstreamClients
+from flowwatch_gateway.registry.base import Registry
+
+__all__ = ["WorkflowsProxy"]
+
+
+class WorkflowsProxy:
+    """The gateway's WorkflowService."""
+
+    def __init__(self, registry: Registry, fan: FanOut, router: Router) -> None:
+        self._registry = registry
+        self._fan = fan
+        self._router = router
+
+    async def list_workflows(
+        self, request: wf.ListWorkflowsRequest, ctx: CallContext
+    ) -> wf.ListWorkflowsResponse:
+        async def fetch(c: UpstreamClients, timeout_ms: int) -> wf.ListWorkflowsResponse:
+            return wf.ListWorkflowsResponse(workflows=await fetch_all_workflows(c, timeout_ms))
+
+        answers = await self._fan.gather("ListWorkflows", ctx, fetch)
+        merged = [definition for _, definition in catalog.merge_workflows(answers)]
+        try:
+            page, next_cursor, total = catalog.paginate_list(
+                merged, request.pagination.cursor, request.pagination.limit
+            )
+        except CursorError as exc:
+            raise ConnectError(Code.INVALID_ARGUMENT, f"ListWorkflows: {exc.message}") from None
+        return wf.ListWorkflowsResponse(
+            workflows=page,
+            pagination=types.PaginationResponse(next_cursor=next_cursor, total_count=total),
+        )
+
+    async def get_workflow(
+        self, request: wf.GetWorkflowRequest, ctx: CallContext
+    ) -> wf.GetWorkflowResponse:
+        async def call(c: UpstreamClients, timeout_ms: int) -> wf.GetWorkflowResponse:
+            return await c.workflows.get_workflow(request, timeout_ms=timeout_ms)
+
+        return await self._router.on_workflow_owner("GetWorkflow", request.workflow_id, ctx, call)
+
+    async def get_graph(self, request: wf.GetGraphRequest, ctx: CallContext) -> wf.GetGraphResponse:
+        async def call(c: UpstreamClients, timeout_ms: int) -> wf.GetGraphResponse:
+            return await c.workflows.get_graph(request, timeout_ms=timeout_ms)
+
+        return await self._router.on_workflow_owner("GetGraph", request.workflow_id, ctx, call)
+
+    def _instance_views(self) -> list[catalog.InstanceView]:
+        return [
+            catalog.InstanceView(
+                instance_id=inst.id,
+                name=inst.name,
+                description=inst.description,
+                endpoint=inst.endpoint,
+                state=inst.state,
+                last_heartbeat=inst.last_heartbeat,
+                stale_since=inst.stale_since,
+                registered_at=inst.registered_at,
+                workflow_count=len(inst.workflows),
+                metadata=dict(inst.metadata),
+                registration_id=inst.registration_id,
+            )
+            for inst in self._registry.instances()
+        ]
+
+    async def list_subsystems(
+        self, request: wf.ListSubsystemsRequest, ctx: CallContext
+    ) -> wf.ListSubsystemsResponse:
+        # Never an error for lack of answers: the gateway's own view is the answer then.
+        async def call(c: UpstreamClients, timeout_ms: int) -> wf.ListSubsystemsResponse:
+            return await c.workflows.list_subsystems(request, timeout_ms=timeout_ms)
+
+        result = await gather(self._fan.connected(), call, self._fan.timeout_ms(ctx))
+        result.report(ctx, "ListSubsystems")
+        return catalog.merge_subsystems(result.answers, self._instance_views())
+
+    async def get_subsystem(
+        self, request: wf.GetSubsystemRequest, ctx: CallContext
+    ) -> wf.GetSubsystemResponse:
+        wanted = request.subsystem_id
+        overview = await self.list_subsystems(wf.ListSubsystemsRequest(), ctx)
+        summary = next((s for s in overview.subsystems if s.subsystem.id == wanted), None)
+        if summary is None:
+            raise ConnectError(Code.NOT_FOUND, f"subsystem {wanted!r} is not known to the gateway")
+        instance_ids = summary.subsystem.metadata.get(catalog.META_INSTANCE, wanted).split(",")
+        workflows = [
+            definition
+            for inst in self._registry.instances()
+            if inst.id in instance_ids
+            for definition in inst.workflows
+        ]
+        return wf.GetSubsystemResponse(subsystem=summary, workflows=workflows)
+
+    async def get_trace(self, request: wf.GetTraceRequest, ctx: CallContext) -> wf.GetTraceResponse:
+        async def call(c: UpstreamClients, timeout_ms: int) -> wf.GetTraceResponse:
+            try:
+                return await c.workflows.get_trace(request, timeout_ms=timeout_ms)
+            except ConnectError as exc:
+                if exc.code == Code.NOT_FOUND:
+                    return wf.GetTraceResponse(trace_id=request.trace_id)  # no spans here
+                raise
+
+        answers = await self._fan.gather("GetTrace", ctx, call)
+        for instance_id, answer in answers.items():
+            self._router.remember(instance_id, (span.run.id for span in answer.spans))
+        merged = trace.merge_trace(request.trace_id, answers)
+        if not merged.spans and not ctx.partial_failures:
+            raise ConnectError(
+                Code.NOT_FOUND, f"trace {request.trace_id!r} was not found in any subsystem"
+            )
+        return merged
+
+    async def get_capabilities(
+        self, request: wf.GetCapabilitiesRequest, ctx: CallContext
+    ) -> wf.GetCapabilitiesResponse:
+        caps = [
+            inst.capabilities
+            for inst in self._registry.connected()
+            if inst.capabilities is not None
+        ]
+        return wf.GetCapabilitiesResponse(capabilities=catalog.merge_capabilities(caps))
