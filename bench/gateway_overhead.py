@@ -29,7 +29,7 @@ import pyqwest
 from connectrpc.client import ResponseMetadata
 from connectrpc.errors import ConnectError
 
-from flowwatch_gateway.api.adapter import PARTIAL_FAILURE_HEADER
+from flowwatch_gateway.api.context import PARTIAL_FAILURE_HEADER
 from flowwatch_gateway.gen.flowwatch.v1 import (
     analytics_service_connect,
     analytics_service_pb2,

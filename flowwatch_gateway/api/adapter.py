@@ -11,12 +11,12 @@ A method an engine does not support keeps the default here, which answers
 
 from __future__ import annotations
 
-import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 
+from flowwatch_gateway.api.context import CallContext
 from flowwatch_gateway.gen.flowwatch.v1 import (
     analytics_service_pb2 as analytics,
 )
@@ -33,53 +33,7 @@ from flowwatch_gateway.gen.flowwatch.v1 import (
     workflow_service_pb2 as wf,
 )
 
-PARTIAL_FAILURE_HEADER = "flowwatch-partial-failure"
-APPROXIMATE_HEADER = "flowwatch-approximate"
-
-
-class CallContext:
-    """What a handler knows about a call besides its request message.
-
-    Carries the caller's deadline (so fan-outs can stay below it) and collects
-    response headers (partial failures, approximations) that the service layer
-    sends back.
-    """
-
-    def __init__(
-        self,
-        *,
-        deadline: float | None = None,
-        request_headers: Mapping[str, str] | None = None,
-    ) -> None:
-        self.deadline = deadline  # time.monotonic() value, or None for no deadline
-        self.request_headers: Mapping[str, str] = request_headers or {}
-        self.response_headers: dict[str, str] = {}
-        self._partial_failures: dict[str, str] = {}
-
-    @classmethod
-    def with_timeout(cls, seconds: float | None) -> CallContext:
-        return cls(deadline=None if seconds is None else time.monotonic() + seconds)
-
-    def remaining(self) -> float | None:
-        """Seconds left before the caller's deadline (never negative), or None."""
-        if self.deadline is None:
-            return None
-        return max(0.0, self.deadline - time.monotonic())
-
-    def add_partial_failure(self, instance_id: str, reason: str) -> None:
-        """Record that one instance failed while others answered."""
-        self._partial_failures[instance_id] = reason
-        self.response_headers[PARTIAL_FAILURE_HEADER] = ", ".join(
-            f"{sid}: {why}" for sid, why in sorted(self._partial_failures.items())
-        )
-
-    @property
-    def partial_failures(self) -> dict[str, str]:
-        return dict(self._partial_failures)
-
-    def mark_approximate(self, method: str) -> None:
-        """Flag an answer that merges values that cannot be merged exactly."""
-        self.response_headers[APPROXIMATE_HEADER] = method
+__all__ = ["EngineAdapter"]
 
 
 def _unsupported(rpc: str) -> ConnectError:

@@ -23,7 +23,8 @@ from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from google.protobuf.message import Message
 from starlette.routing import Mount
 
-from flowwatch_gateway.api.adapter import CallContext, EngineAdapter
+from flowwatch_gateway.api.adapter import EngineAdapter
+from flowwatch_gateway.api.context import CallContext
 from flowwatch_gateway.api.limits import MAX_PAGE_SIZE
 from flowwatch_gateway.api.ordering import ORDER_FIELDS
 from flowwatch_gateway.gen.flowwatch.v1 import (

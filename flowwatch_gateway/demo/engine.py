@@ -18,7 +18,8 @@ from typing import TypeVar
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 
-from flowwatch_gateway.api.adapter import CallContext, EngineAdapter
+from flowwatch_gateway.api.adapter import EngineAdapter
+from flowwatch_gateway.api.context import CallContext
 from flowwatch_gateway.api.limits import MAX_PAGE_SIZE, effective_page_size
 from flowwatch_gateway.api.ordering import resolve_order, sort_runs
 from flowwatch_gateway.demo import analytics as calc

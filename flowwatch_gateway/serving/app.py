@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import BaseRoute, Mount, Route
 
-from flowwatch_gateway.api.adapter import APPROXIMATE_HEADER, PARTIAL_FAILURE_HEADER
+from flowwatch_gateway.api.context import APPROXIMATE_HEADER, PARTIAL_FAILURE_HEADER
 from flowwatch_gateway.api.services import flowwatch_routes
 from flowwatch_gateway.config import GatewayConfig
 from flowwatch_gateway.proxy.gateway import GatewayAdapter

@@ -23,7 +23,8 @@ import pytest
 import uvicorn
 from starlette.applications import Starlette
 
-from flowwatch_gateway.api.adapter import CallContext, EngineAdapter
+from flowwatch_gateway.api.adapter import EngineAdapter
+from flowwatch_gateway.api.context import CallContext
 from flowwatch_gateway.api.services import flowwatch_routes
 from flowwatch_gateway.demo.app import create_demo_app
 from flowwatch_gateway.demo.engine import InMemoryEngine, paginate

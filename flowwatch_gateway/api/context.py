@@ -1,0 +1,61 @@
+"""What a FlowWatch handler knows about a call besides its request message.
+
+`CallContext` is passed to every `EngineAdapter` method by the service layer; the
+header names are the FlowWatch API's own response headers, which clients (the UI,
+the bench) read back.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+
+__all__ = ["APPROXIMATE_HEADER", "PARTIAL_FAILURE_HEADER", "CallContext"]
+
+PARTIAL_FAILURE_HEADER = "flowwatch-partial-failure"
+APPROXIMATE_HEADER = "flowwatch-approximate"
+
+
+class CallContext:
+    """What a handler knows about a call besides its request message.
+
+    Carries the caller's deadline (so fan-outs can stay below it) and collects
+    response headers (partial failures, approximations) that the service layer
+    sends back.
+    """
+
+    def __init__(
+        self,
+        *,
+        deadline: float | None = None,
+        request_headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self.deadline = deadline  # time.monotonic() value, or None for no deadline
+        self.request_headers: Mapping[str, str] = request_headers or {}
+        self.response_headers: dict[str, str] = {}
+        self._partial_failures: dict[str, str] = {}
+
+    @classmethod
+    def with_timeout(cls, seconds: float | None) -> CallContext:
+        return cls(deadline=None if seconds is None else time.monotonic() + seconds)
+
+    def remaining(self) -> float | None:
+        """Seconds left before the caller's deadline (never negative), or None."""
+        if self.deadline is None:
+            return None
+        return max(0.0, self.deadline - time.monotonic())
+
+    def add_partial_failure(self, instance_id: str, reason: str) -> None:
+        """Record that one instance failed while others answered."""
+        self._partial_failures[instance_id] = reason
+        self.response_headers[PARTIAL_FAILURE_HEADER] = ", ".join(
+            f"{sid}: {why}" for sid, why in sorted(self._partial_failures.items())
+        )
+
+    @property
+    def partial_failures(self) -> dict[str, str]:
+        return dict(self._partial_failures)
+
+    def mark_approximate(self, method: str) -> None:
+        """Flag an answer that merges values that cannot be merged exactly."""
+        self.response_headers[APPROXIMATE_HEADER] = method
