@@ -18,6 +18,15 @@ from connectrpc.errors import ConnectError
 
 from flowwatch_gateway.gen.flowwatch.v1 import types_pb2
 
+__all__ = [
+    "ORDER_FIELDS",
+    "OrderField",
+    "RunSortKey",
+    "resolve_order",
+    "run_sort_key",
+    "sort_runs",
+]
+
 OrderField = Literal["started_at", "duration", "status"]
 ORDER_FIELDS: tuple[OrderField, ...] = ("started_at", "duration", "status")
 

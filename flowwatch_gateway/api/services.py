@@ -13,7 +13,7 @@ import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
@@ -21,7 +21,6 @@ from connectrpc.request import RequestContext
 from connectrpc.server import ConnectASGIApplication
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from google.protobuf.message import Message
-from starlette.routing import Mount
 
 from flowwatch_gateway.api.adapter import EngineAdapter
 from flowwatch_gateway.api.context import CallContext
@@ -39,6 +38,12 @@ from flowwatch_gateway.gen.flowwatch.v1 import (
     workflow_service_connect,
     workflow_service_pb2,
 )
+
+if TYPE_CHECKING:
+    # Only for the annotation: the SDK installs without Starlette (see flowwatch_routes).
+    from starlette.routing import Mount
+
+__all__ = ["flowwatch_asgi_apps", "flowwatch_routes", "validate_request"]
 
 log = logging.getLogger(__name__)
 
@@ -209,5 +214,14 @@ def flowwatch_routes(adapter: EngineAdapter) -> list[Mount]:
     """Starlette routes serving every FlowWatch service of `adapter` at its own path.
 
     connectrpc apps must be mounted at their own `.path` (a deeper prefix 404s).
+    Starlette comes with the `server` extra; `flowwatch_asgi_apps` needs no web framework.
     """
+    try:
+        from starlette.routing import Mount
+    except ImportError as exc:
+        raise ImportError(
+            "flowwatch_routes needs Starlette, which comes with the server extra: "
+            "pip install 'flowwatch-gateway[server]' (or mount flowwatch_asgi_apps(adapter) "
+            "in any ASGI router, each app at its .path)"
+        ) from exc
     return [Mount(app.path, app) for app in flowwatch_asgi_apps(adapter)]

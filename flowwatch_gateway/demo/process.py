@@ -26,13 +26,12 @@ import httpx
 from pyvoy import PyvoyServer
 from starlette.applications import Starlette
 
-from flowwatch_gateway import exit_guard
+from flowwatch_gateway import Backoff, ClientOptions, connect_to_gateway, exit_guard
 from flowwatch_gateway.config import format_go_duration, parse_go_duration
 from flowwatch_gateway.demo.app import create_demo_app
 from flowwatch_gateway.demo.engine import InMemoryEngine
 from flowwatch_gateway.serving.control import CONTROL_SOCKET_ENV, serve_control_socket
 from flowwatch_gateway.serving.server import supervise_envoy
-from flowwatch_gateway.subsystem.client import Backoff, ClientOptions, connect_to_gateway
 
 log = logging.getLogger(__name__)
 

@@ -26,34 +26,37 @@ import logging
 import random
 import threading
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from enum import Enum, StrEnum
-from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
 
 import pyqwest
-from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 from connectrpc.protocol import ProtocolType
 
 from flowwatch_gateway import exit_guard
-from flowwatch_gateway.api.listing import list_all_workflows
-from flowwatch_gateway.gen.flowwatch.v1 import (
-    gateway_service_connect,
-    gateway_service_pb2,
-    types_pb2,
-    workflow_service_connect,
+from flowwatch_gateway.errors import REJECTION_CODES
+from flowwatch_gateway.gen.flowwatch.v1 import gateway_service_connect, gateway_service_pb2
+from flowwatch_gateway.subsystem.describe import SubsystemDescription, describe_local_subsystem
+from flowwatch_gateway.subsystem.options import (
+    ClientOptions,
+    ClientStatus,
+    ConnectionState,
+    default_gateway_transport,
+    default_local_transport,
 )
-from flowwatch_gateway.gen.flowwatch.v1 import (
-    workflow_service_pb2 as wf,
-)
-from flowwatch_gateway.urls import http_url_problem
+
+__all__ = [
+    "BackgroundConnection",
+    "GatewayClient",
+    "connect_to_gateway",
+    "connect_to_gateway_in_thread",
+]
 
 log = logging.getLogger(__name__)
 # Programs using this client exit through pyqwest's shutdown race (see exit_guard).
 exit_guard.install()
-T = TypeVar("T")
 
 # A gateway that stays silent for this many heartbeat intervals (plus slack for
 # scheduling) is treated as gone, e.g. behind a half-open TCP connection.
@@ -61,226 +64,6 @@ MISSED_PINGS_BEFORE_RECONNECT = 3
 SILENCE_SLACK_SECONDS = 1.0
 # How long a cancelled client waits for the gateway to end the half-closed stream.
 CLOSE_TIMEOUT_SECONDS = 2.0
-# Error codes that mean "this registration will never be accepted as it is".
-REJECTION_CODES = frozenset({Code.UNAUTHENTICATED, Code.PERMISSION_DENIED, Code.INVALID_ARGUMENT})
-
-
-# --- retry policy (pure) -----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Backoff:
-    """Reconnect delays; injectable so tests can run the whole policy in milliseconds."""
-
-    initial: float = 1.0
-    maximum: float = 30.0
-    multiplier: float = 2.0
-    # A connection accepted and alive this long resets the failure count.
-    stable_after: float = 30.0
-
-    def __post_init__(self) -> None:
-        if not 0 < self.initial <= self.maximum:
-            raise ValueError(
-                f"backoff needs 0 < initial <= maximum, got initial={self.initial}s "
-                f"maximum={self.maximum}s"
-            )
-        if self.multiplier < 1:
-            raise ValueError(f"backoff multiplier must be at least 1, got {self.multiplier}")
-        if self.stable_after < 0:
-            raise ValueError(f"backoff stable_after must not be negative, got {self.stable_after}")
-
-    def ceiling(self, failures: int) -> float:
-        """The largest delay after `failures` consecutive failures (0 = the first one)."""
-        # Cap the exponent: a long outage must not overflow the float.
-        return min(self.maximum, self.initial * self.multiplier ** min(failures, 64))
-
-    def failure_delay(self, failures: int, rng: random.Random) -> float:
-        """Full jitter: anywhere in [0, ceiling], so many subsystems do not retry in step."""
-        return rng.uniform(0.0, self.ceiling(failures))
-
-
-# --- what callers can observe ------------------------------------------------------------
-
-
-class ConnectionState(StrEnum):
-    CONNECTING = "connecting"
-    CONNECTED = "connected"
-    REJECTED = "rejected"
-    BACKING_OFF = "backing_off"
-    STOPPED = "stopped"
-
-
-@dataclass(frozen=True)
-class ClientStatus:
-    """One state change of the connection, as passed to `on_state_change`.
-
-    `attempt` counts connection attempts since start (1 = the first); `reason` says
-    why the gateway rejected or why the last connection ended; `delay` is the wait
-    before the next attempt while backing off; `heartbeat_interval` is what the
-    gateway announced when it accepted.
-    """
-
-    state: ConnectionState
-    attempt: int = 0
-    reason: str = ""
-    delay: float = 0.0
-    heartbeat_interval: float = 0.0
-
-
-StateCallback = Callable[[ClientStatus], None]
-
-
-# --- options -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ClientOptions:
-    """How to reach the gateway and what to tell it.
-
-    `workflows`, `capabilities` and `metadata` left as None are read from the
-    subsystem's own FlowWatch API at `local_endpoint` before every attempt; reading
-    the metadata (GetSubsystem) also fills an empty `name` and `description`.
-    `http_client` carries the Register stream and must speak HTTP/2 (default: prior
-    knowledge for http://, ALPN for https://);
-    `local_http_client` calls the local API (default: HTTP/1.1, ALPN for https://).
-    """
-
-    gateway_url: str
-    subsystem_id: str
-    local_endpoint: str
-    api_key: str = field(default="", repr=False)
-    name: str = ""
-    description: str = ""
-    workflows: Sequence[types_pb2.WorkflowDefinition] | None = None
-    capabilities: types_pb2.Capabilities | None = None
-    metadata: Mapping[str, str] | None = None
-    http_client: pyqwest.Client | None = field(default=None, repr=False)
-    local_http_client: pyqwest.Client | None = field(default=None, repr=False)
-    backoff: Backoff = field(default_factory=Backoff)
-    on_state_change: StateCallback | None = field(default=None, repr=False)
-    # Seconds to wait for the gateway's RegisterResponse, and per local API call.
-    register_timeout: float = 10.0
-    local_timeout: float = 5.0
-
-    def __post_init__(self) -> None:
-        if not self.subsystem_id.strip():
-            raise ValueError("subsystem_id is required (the id the gateway lists this under)")
-        for name, url in (
-            ("gateway_url", self.gateway_url),
-            ("local_endpoint", self.local_endpoint),
-        ):
-            problem = http_url_problem(url)
-            if problem:
-                raise ValueError(
-                    f"{name} must be an absolute http(s) URL such as http://127.0.0.1:8091, "
-                    f"got {url!r}: {problem}"
-                )
-        if self.register_timeout <= 0 or self.local_timeout <= 0:
-            raise ValueError(
-                f"timeouts must be greater than 0, got register_timeout={self.register_timeout} "
-                f"local_timeout={self.local_timeout}"
-            )
-
-
-def _base_url(url: str) -> str:
-    return url.rstrip("/")
-
-
-def default_gateway_transport(gateway_url: str) -> pyqwest.HTTPTransport:
-    """HTTP/2 for Register: prior knowledge on plaintext, negotiated by ALPN over TLS."""
-    if urlsplit(gateway_url).scheme == "https":
-        return pyqwest.HTTPTransport(tls_include_system_certs=True)
-    return pyqwest.HTTPTransport(http_version=pyqwest.HTTPVersion.HTTP2)
-
-
-def default_local_transport() -> pyqwest.HTTPTransport:
-    """Plain unary calls to the local API: HTTP/1.1 works with every FlowWatch server."""
-    return pyqwest.HTTPTransport(tls_include_system_certs=True)
-
-
-# --- what the subsystem announces ----------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SubsystemDescription:
-    """What goes into a RegisterRequest besides identity, endpoint and key."""
-
-    name: str
-    description: str
-    metadata: dict[str, str]
-    workflows: list[types_pb2.WorkflowDefinition]
-    capabilities: types_pb2.Capabilities | None
-
-
-async def describe_local_subsystem(
-    options: ClientOptions, http_client: pyqwest.Client
-) -> SubsystemDescription:
-    """Fill what the options leave open from the local FlowWatch API.
-
-    An rpc the local server does not implement leaves its part empty (the gateway
-    then asks the subsystem itself); any other error fails the attempt, since a
-    subsystem whose API cannot be reached is of no use to the gateway either.
-    """
-    client = workflow_service_connect.WorkflowServiceClient(
-        _base_url(options.local_endpoint),
-        http_client=http_client,
-        protocol=ProtocolType.CONNECT,
-        send_compression=None,
-    )
-    timeout_ms = round(options.local_timeout * 1000)
-
-    workflows = list(options.workflows) if options.workflows is not None else None
-    if workflows is None:
-        workflows = await _unless_unimplemented(list_all_workflows(client, timeout_ms), [])
-
-    capabilities = options.capabilities
-    if capabilities is None:
-        response: wf.GetCapabilitiesResponse | None = await _unless_unimplemented(
-            client.get_capabilities(wf.GetCapabilitiesRequest(), timeout_ms=timeout_ms), None
-        )
-        if response is not None and response.HasField("capabilities"):
-            capabilities = response.capabilities
-
-    name, description = options.name, options.description
-    metadata = dict(options.metadata) if options.metadata is not None else None
-    if metadata is None:
-        local = await _local_subsystem(client, options.subsystem_id, timeout_ms)
-        if local is not None:
-            name = name or local.name
-            description = description or local.description
-            if metadata is None:
-                metadata = dict(local.metadata)
-    return SubsystemDescription(
-        name=name or options.subsystem_id,
-        description=description,
-        metadata=metadata or {},
-        workflows=workflows,
-        capabilities=capabilities,
-    )
-
-
-async def _local_subsystem(
-    client: workflow_service_connect.WorkflowServiceClient, subsystem_id: str, timeout_ms: int
-) -> types_pb2.Subsystem | None:
-    try:
-        response = await client.get_subsystem(
-            wf.GetSubsystemRequest(subsystem_id=subsystem_id), timeout_ms=timeout_ms
-        )
-    except ConnectError as exc:
-        # Servers without GetSubsystem, or that know themselves under another id.
-        if exc.code in (Code.UNIMPLEMENTED, Code.NOT_FOUND):
-            return None
-        raise
-    return response.subsystem.subsystem
-
-
-async def _unless_unimplemented(call: Awaitable[T], fallback: T) -> T:
-    try:
-        return await call
-    except ConnectError as exc:
-        if exc.code == Code.UNIMPLEMENTED:
-            return fallback
-        raise
 
 
 # --- one Register stream ---------------------------------------------------------------------
@@ -443,7 +226,7 @@ class GatewayClient:
         now = time.monotonic()
         state = _StreamState(started_at=now, last_message_at=now)
         client = gateway_service_connect.GatewayServiceClient(
-            _base_url(self.options.gateway_url),
+            self.options.gateway_url.rstrip("/"),
             http_client=http_client,
             protocol=ProtocolType.CONNECT,
             send_compression=None,

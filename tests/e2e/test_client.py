@@ -23,21 +23,21 @@ import pytest
 import uvicorn
 from starlette.applications import Starlette
 
-from flowwatch_gateway.api.adapter import EngineAdapter
-from flowwatch_gateway.api.context import CallContext
-from flowwatch_gateway.api.services import flowwatch_routes
+from flowwatch_gateway import (
+    Backoff,
+    CallContext,
+    ClientOptions,
+    ClientStatus,
+    ConnectionState,
+    EngineAdapter,
+    connect_to_gateway,
+    connect_to_gateway_in_thread,
+    flowwatch_routes,
+)
 from flowwatch_gateway.demo.app import create_demo_app
 from flowwatch_gateway.demo.engine import InMemoryEngine, paginate
 from flowwatch_gateway.gen.flowwatch.v1 import types_pb2
 from flowwatch_gateway.gen.flowwatch.v1 import workflow_service_pb2 as wf
-from flowwatch_gateway.subsystem.client import (
-    Backoff,
-    ClientOptions,
-    ClientStatus,
-    ConnectionState,
-    connect_to_gateway,
-    connect_to_gateway_in_thread,
-)
 from tests.support.harness import (
     TEST_API_KEY,
     GatewayProcess,
