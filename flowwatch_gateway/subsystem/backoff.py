@@ -41,3 +41,11 @@ class Backoff:
     def failure_delay(self, failures: int, rng: random.Random) -> float:
         """Full jitter: anywhere in [0, ceiling], so many subsystems do not retry in step."""
         return rng.uniform(0.0, self.ceiling(failures))
+
+    def disconnect_delay(self, rng: random.Random) -> float:
+        """After a DisconnectCommand: full jitter over [0, initial].
+
+        A draining gateway disconnects all its subsystems at once; a fixed delay would
+        bring every one of them back in the same instant.
+        """
+        return rng.uniform(0.0, self.ceiling(0))

@@ -7,10 +7,12 @@ cancelled. What it announces (workflows, capabilities, metadata) is read from th
 subsystem's own FlowWatch API before every attempt unless the caller fixes it, so a
 reconnect always shows the gateway the current state.
 
-Retry policy: failures back off exponentially with full jitter (1 s -> 30 s by
-default), a DisconnectCommand reconnects after the initial delay, and a rejection
-(bad API key, bad registration) waits the maximum delay every time, because retrying
-faster cannot fix it and would only load the gateway.
+Retry policy (see `Backoff`): failures back off exponentially with full jitter (1 s
+-> 30 s by default); a DisconnectCommand reconnects after a full-jitter delay in
+[0, initial], so the subsystems of a drained gateway do not all arrive at its
+successor in the same instant; a rejection (bad API key, bad registration) waits the
+maximum delay every time, because retrying faster cannot fix it and would only load
+the gateway.
 
 connectrpc turns a cancelled call into ConnectError(CANCELED), so cancellation is
 never delivered into a call here: the stream runs in a child task, and the cancelled
@@ -137,9 +139,9 @@ class GatewayClient:
                         ClientStatus(ConnectionState.REJECTED, self._attempt, result.reason)
                     )
                 elif result.ending is _Ending.DISCONNECTED:
-                    delay = backoff.initial
+                    delay = backoff.disconnect_delay(self._rng)
                     log.info(
-                        "gateway %s disconnected subsystem %s: %s; reconnecting in %.1fs",
+                        "gateway %s disconnected subsystem %s: %s; reconnecting in %.2fs",
                         options.gateway_url,
                         options.subsystem_id,
                         result.reason,

@@ -38,6 +38,7 @@ from flowwatch_gateway.demo.app import create_demo_app
 from flowwatch_gateway.demo.engine import InMemoryEngine, paginate
 from flowwatch_gateway.gen.flowwatch.v1 import types_pb2
 from flowwatch_gateway.gen.flowwatch.v1 import workflow_service_pb2 as wf
+from flowwatch_gateway.subsystem.client import GatewayClient, _Ending, _SessionResult
 from tests.support.harness import (
     TEST_API_KEY,
     GatewayProcess,
@@ -212,6 +213,62 @@ def test_backoff_ceilings_double_up_to_the_maximum_and_jitter_stays_below() -> N
         assert max(delays) > backoff.ceiling(failures) * 0.75
 
 
+def test_disconnect_delays_spread_over_zero_to_the_initial_delay() -> None:
+    backoff = Backoff(initial=2.0, maximum=30.0)
+    rng = random.Random(11)
+    delays = [backoff.disconnect_delay(rng) for _ in range(200)]
+    assert all(0 <= delay <= backoff.initial for delay in delays)
+    # A drained gateway's subsystems must not all come back in the same instant.
+    assert min(delays) < backoff.initial * 0.25
+    assert max(delays) > backoff.initial * 0.75
+
+
+class FractionRandom(random.Random):
+    """`uniform` answers a fixed fraction of the range it is asked for, and records the range."""
+
+    def __init__(self, fraction: float) -> None:
+        super().__init__(0)
+        self.fraction = fraction
+        self.ranges: list[tuple[float, float]] = []
+
+    def uniform(self, a: float, b: float) -> float:
+        self.ranges.append((a, b))
+        return a + (b - a) * self.fraction
+
+
+class DrainingGateway(GatewayClient):
+    """A client whose every connection ends with a DisconnectCommand, without any network."""
+
+    async def _one_connection(self) -> _SessionResult:
+        return _SessionResult(_Ending.DISCONNECTED, "gateway is draining")
+
+
+@pytest.mark.anyio
+async def test_every_disconnect_command_reconnects_after_a_jittered_delay() -> None:
+    backoff = Backoff(initial=0.004, maximum=1.0)
+    rng = FractionRandom(0.25)
+    statuses = StatusLog()
+    options = ClientOptions(
+        gateway_url="http://127.0.0.1:9",
+        subsystem_id="drained",
+        **NO_LOCAL_API,
+        backoff=backoff,
+        on_state_change=statuses,
+    )
+    task = asyncio.create_task(DrainingGateway(options, rng=rng).run())
+    try:
+        await statuses.wait_for(ConnectionState.BACKING_OFF, count=3)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    waits = statuses.of(ConnectionState.BACKING_OFF)[:3]
+    assert all(wait.reason == "gateway is draining" for wait in waits)
+    # Drawn from [0, initial] each time, never the fixed initial delay.
+    assert rng.ranges[:3] == [(0.0, backoff.initial)] * 3
+    assert [wait.delay for wait in waits] == [backoff.initial * 0.25] * 3
+
+
 @pytest.mark.parametrize(
     ("make", "message"),
     [
@@ -335,7 +392,7 @@ async def test_disconnect_command_reconnects_and_announces_current_workflows(
                 await second.wait_for("registered")
                 backing_off = await statuses.wait_for(ConnectionState.BACKING_OFF)
                 assert backing_off.reason.startswith("replaced by a newer registration")
-                assert backing_off.delay == FAST_BACKOFF.initial
+                assert 0 <= backing_off.delay <= FAST_BACKOFF.initial
                 # ... and the client comes back, replacing the intruder in turn.
                 await statuses.wait_for(ConnectionState.CONNECTED, count=2)
                 print(
