@@ -13,12 +13,12 @@ from collections.abc import Mapping
 from flowwatch_gateway.config import GatewayConfig
 from flowwatch_gateway.proxy.analytics import AnalyticsProxy
 from flowwatch_gateway.proxy.fanout import FanOut
-from flowwatch_gateway.proxy.pool import Connect, UpstreamPool
+from flowwatch_gateway.proxy.pool import UpstreamPool
 from flowwatch_gateway.proxy.router import Router
 from flowwatch_gateway.proxy.runs import RunsProxy
 from flowwatch_gateway.proxy.search import SearchProxy
 from flowwatch_gateway.proxy.streams import StreamsProxy
-from flowwatch_gateway.proxy.upstream import open_clients
+from flowwatch_gateway.proxy.upstream import Connect, SharedTransports
 from flowwatch_gateway.proxy.workflows import WorkflowsProxy
 from flowwatch_gateway.registry.base import Registry
 
@@ -29,9 +29,15 @@ class Gateway:
     """Proxies the FlowWatch API to the subsystems in the registry."""
 
     def __init__(
-        self, registry: Registry, config: GatewayConfig, *, connect: Connect = open_clients
+        self, registry: Registry, config: GatewayConfig, *, connect: Connect | None = None
     ) -> None:
-        self.pool = UpstreamPool(registry, timeout_s=config.upstream_timeout, connect=connect)
+        """`connect` replaces the network (tests); by default clients share real transports."""
+        self._transports = SharedTransports()
+        self.pool = UpstreamPool(
+            registry,
+            timeout_s=config.upstream_timeout,
+            connect=connect or self._transports.connect,
+        )
         fan = FanOut(registry, self.pool, config.upstream_timeout)
         self.router = Router(registry, self.pool, fan, config.run_cache_size)
         self.workflows = WorkflowsProxy(registry, fan, self.router)
@@ -53,3 +59,4 @@ class Gateway:
     async def aclose(self) -> None:
         """Stop background work and close every upstream connection."""
         await self.pool.aclose()
+        await self._transports.aclose()

@@ -1,14 +1,14 @@
 """The upstream pool: one set of Connect clients per registered subsystem, and discovery.
 
 Client sets live exactly as long as registrations: the pool listens to the registry,
-opens clients when a subsystem registers and closes them when it is removed. A
+makes clients when a subsystem registers and drops them when it is removed. A
 subsystem that registers before its own server listens (common) is probed with
 backoff until it answers; the probe settles the HTTP version (h2c, else HTTP/1.1)
 and discovery fills in what the RegisterRequest left out (workflows, capabilities).
 
 `connect` is the one seam to the network: it builds the clients for an endpoint.
-Production passes `open_clients` (sockets); tests pass a factory that serves a demo
-engine in-process, so routing and fan-out run without starting processes.
+Production passes `SharedTransports.connect` (sockets); tests pass a factory that
+serves a demo engine in-process, so routing and fan-out run without processes.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Iterable
 
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
@@ -25,20 +25,16 @@ from flowwatch_gateway.api.listing import list_all_workflows
 from flowwatch_gateway.errors import RETRYABLE_CODES
 from flowwatch_gateway.gen.flowwatch.v1 import types_pb2 as types
 from flowwatch_gateway.gen.flowwatch.v1 import workflow_service_pb2 as wf
-from flowwatch_gateway.proxy.upstream import HttpMode, UpstreamClients, negotiate, open_clients
+from flowwatch_gateway.proxy.upstream import Connect, UpstreamClients, negotiate
 from flowwatch_gateway.registry.base import Registry, SubsystemInstance
 
-__all__ = ["Connect", "UpstreamPool", "fetch_all_workflows"]
+__all__ = ["UpstreamPool", "fetch_all_workflows"]
 
 log = logging.getLogger(__name__)
-
-Connect = Callable[[str, str, HttpMode | None], UpstreamClients]
-"""(subsystem id, endpoint, HTTP mode or None for the endpoint's default) -> clients."""
 
 DISCOVERY_FIRST_RETRY_S = 0.5
 DISCOVERY_MAX_RETRY_S = 30.0
 CLOSE_TIMEOUT_S = 2.0
-REPLACED_CLIENTS_GRACE_S = 10.0
 
 
 async def fetch_all_workflows(
@@ -59,9 +55,7 @@ async def fetch_all_workflows(
 class UpstreamPool:
     """Owns every subsystem's clients and the background work that prepares them."""
 
-    def __init__(
-        self, registry: Registry, *, timeout_s: float, connect: Connect = open_clients
-    ) -> None:
+    def __init__(self, registry: Registry, *, timeout_s: float, connect: Connect) -> None:
         self._registry = registry
         self._timeout_s = timeout_s
         self._connect = connect
@@ -104,14 +98,12 @@ class UpstreamPool:
         mode = old.mode if old is not None and old.endpoint == instance.endpoint else None
         clients = self._connect(instance.id, instance.endpoint, mode)
         self._clients[instance.id] = clients
-        if old is not None:
-            self._spawn(self._close_later(old))
         self._spawn(self._prepare(instance, clients))
 
     def subsystem_removed(self, instance: SubsystemInstance) -> None:
-        clients = self._clients.pop(instance.id, None)
-        if clients is not None:
-            self._spawn(clients.close())
+        # Calls in flight keep their own reference; idle connections age out of the
+        # shared transport.
+        self._clients.pop(instance.id, None)
 
     async def aclose(self) -> None:
         self._closing.set()
@@ -119,8 +111,7 @@ class UpstreamPool:
             task.cancel()
         if self._background:
             await asyncio.wait(list(self._background), timeout=CLOSE_TIMEOUT_S)
-        clients, self._clients = list(self._clients.values()), {}
-        await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
+        self._clients = {}
 
     # --- internals -------------------------------------------------------------------
     def _spawn(self, work: Awaitable[None]) -> None:
@@ -131,14 +122,6 @@ class UpstreamPool:
                 log.exception("background gateway task failed")
 
         self.track(asyncio.ensure_future(run()))
-
-    @staticmethod
-    async def _close_later(clients: UpstreamClients) -> None:
-        """Let calls in flight on a replaced client set finish before closing it."""
-        try:
-            await asyncio.sleep(REPLACED_CLIENTS_GRACE_S)
-        finally:
-            await clients.close()
 
     async def _prepare(self, instance: SubsystemInstance, clients: UpstreamClients) -> None:
         """Settle the HTTP version, then discover what the registration left out.
@@ -153,7 +136,6 @@ class UpstreamPool:
                 return
             if negotiated is not clients:
                 if self._clients.get(instance.id) is not clients:  # replaced meanwhile
-                    await negotiated.close()
                     return
                 self._clients[instance.id] = clients = negotiated
             if reachable and await self._discover(instance, clients):

@@ -63,6 +63,18 @@ BulkCall = Callable[[UpstreamClients, list[str], int], Awaitable[Sequence[runs.B
 class RunsProxy:
     """The gateway's RunService; the per-run rpcs are bound from PER_RUN_RPCS."""
 
+    # Bound in __init__ from PER_RUN_RPCS (named here for readers and type checkers).
+    get_run: PerRunHandler
+    get_run_steps: PerRunHandler
+    get_run_timeline: PerRunHandler
+    get_run_logs: PerRunHandler
+    retry_run: PerRunHandler
+    retry_from_step: PerRunHandler
+    cancel_run: PerRunHandler
+    pause_run: PerRunHandler
+    resume_run: PerRunHandler
+    skip_step: PerRunHandler
+
     def __init__(self, registry: Registry, pool: UpstreamPool, fan: FanOut, router: Router) -> None:
         self._registry = registry
         self._pool = pool

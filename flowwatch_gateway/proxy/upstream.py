@@ -1,10 +1,12 @@
-"""The gateway -> subsystem leg: one set of generated Connect clients per instance.
+"""The gateway -> subsystem leg: generated Connect clients over shared transports.
 
 connectrpc's generated clients over pyqwest measured 3-20x more calls/s than httpx
 on this hot path (see README), so they are used here; httpx stays for tests and
-tools. Each instance gets its own pyqwest transport so that removing an instance
-closes its connections, binary protobuf, and no request compression (these
-messages are small; gzip cost more than it saved).
+tools. Every subsystem's clients share one pyqwest transport per HTTP mode (a
+transport pools connections per host): a thousand subsystems, or a subsystem
+retried for hours, cost client objects, not transports. Binary protobuf, no request
+compression (these messages are small; gzip cost more than it saved), and a cap on
+the size of any reply.
 
 Plaintext endpoints are tried with HTTP/2 prior knowledge (h2c) first and fall back
 to HTTP/1.1 when the subsystem does not speak it; https endpoints negotiate via ALPN.
@@ -15,7 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import pyqwest
 from connectrpc.errors import ConnectError
@@ -38,6 +40,9 @@ exit_guard.install()
 HttpMode = Literal["h2c", "http1", "tls"]
 
 PROBE_TIMEOUT_MS = 3000
+# The largest reply accepted from a subsystem: a page of 100 runs with steps fits many
+# times over, and one misbehaving subsystem cannot make the gateway buffer gigabytes.
+READ_MAX_BYTES = 16 * 1024 * 1024
 
 
 def _transport(mode: HttpMode) -> pyqwest.HTTPTransport:
@@ -62,12 +67,12 @@ def _transport(mode: HttpMode) -> pyqwest.HTTPTransport:
 
 @dataclass
 class UpstreamClients:
-    """Connect clients for one registered instance; close() when the instance goes."""
+    """Connect clients for one registered subsystem (cheap: the transport is shared)."""
 
     instance_id: str
     endpoint: str
     mode: HttpMode
-    transport: pyqwest.HTTPTransport
+    transport: pyqwest.Transport
     workflows: workflow_service_connect.WorkflowServiceClient = field(init=False)
     runs: run_service_connect.RunServiceClient = field(init=False)
     analytics: analytics_service_connect.AnalyticsServiceClient = field(init=False)
@@ -75,48 +80,63 @@ class UpstreamClients:
     search: search_service_connect.SearchServiceClient = field(init=False)
 
     def __post_init__(self) -> None:
-        http = pyqwest.Client(self.transport)
         address = self.endpoint.rstrip("/")
-        self.workflows = workflow_service_connect.WorkflowServiceClient(
-            address, protocol=ProtocolType.CONNECT, send_compression=None, http_client=http
-        )
-        self.runs = run_service_connect.RunServiceClient(
-            address, protocol=ProtocolType.CONNECT, send_compression=None, http_client=http
-        )
-        self.analytics = analytics_service_connect.AnalyticsServiceClient(
-            address, protocol=ProtocolType.CONNECT, send_compression=None, http_client=http
-        )
-        self.stream = stream_service_connect.StreamServiceClient(
-            address, protocol=ProtocolType.CONNECT, send_compression=None, http_client=http
-        )
-        self.search = search_service_connect.SearchServiceClient(
-            address, protocol=ProtocolType.CONNECT, send_compression=None, http_client=http
-        )
-
-    async def close(self) -> None:
-        await self.transport.aclose()
+        options: dict[str, Any] = {
+            "protocol": ProtocolType.CONNECT,
+            "send_compression": None,
+            "read_max_bytes": READ_MAX_BYTES,
+            "http_client": pyqwest.Client(self.transport),
+        }
+        self.workflows = workflow_service_connect.WorkflowServiceClient(address, **options)
+        self.runs = run_service_connect.RunServiceClient(address, **options)
+        self.analytics = analytics_service_connect.AnalyticsServiceClient(address, **options)
+        self.stream = stream_service_connect.StreamServiceClient(address, **options)
+        self.search = search_service_connect.SearchServiceClient(address, **options)
 
 
 def initial_mode(endpoint: str) -> HttpMode:
     return "tls" if endpoint.lower().startswith("https://") else "h2c"
 
 
-def open_clients(instance_id: str, endpoint: str, mode: HttpMode | None = None) -> UpstreamClients:
-    mode = mode or initial_mode(endpoint)
-    return UpstreamClients(instance_id, endpoint, mode, _transport(mode))
+Connect = Callable[[str, str, "HttpMode | None"], UpstreamClients]
+"""(subsystem id, endpoint, HTTP mode or None for the endpoint's default) -> clients.
+
+The one seam between the proxy and the network: production connects through
+`SharedTransports`, tests through an in-process ASGI transport.
+"""
+
+
+class SharedTransports:
+    """One pyqwest transport per HTTP mode, made on first use, shared by every subsystem."""
+
+    def __init__(self) -> None:
+        self._by_mode: dict[HttpMode, pyqwest.HTTPTransport] = {}
+
+    def connect(
+        self, instance_id: str, endpoint: str, mode: HttpMode | None = None
+    ) -> UpstreamClients:
+        mode = mode or initial_mode(endpoint)
+        transport = self._by_mode.get(mode)
+        if transport is None:
+            transport = self._by_mode[mode] = _transport(mode)
+        return UpstreamClients(instance_id, endpoint, mode, transport)
+
+    async def aclose(self) -> None:
+        transports, self._by_mode = list(self._by_mode.values()), {}
+        for transport in transports:
+            await transport.aclose()
 
 
 async def negotiate(
     clients: UpstreamClients,
-    connect: Callable[[str, str, HttpMode | None], UpstreamClients] = open_clients,
+    connect: Connect,
 ) -> tuple[UpstreamClients, bool]:
     """Check that the instance answers over h2c; fall back to HTTP/1.1 when it does not.
 
-    Returns the client set to keep (the same one, or a new HTTP/1.1 one after
-    closing the h2c one) and whether the instance answered at all; an instance
-    that registers before its own server listens answers neither yet, and the
-    caller probes again later. Probing with GetCapabilities is harmless and is
-    also what discovery needs.
+    Returns the client set to keep (the same one, or a new HTTP/1.1 one) and
+    whether the subsystem answered at all; a subsystem that registers before its own
+    server listens answers neither yet, and the caller probes again later. Probing
+    with GetCapabilities is harmless and is also what discovery needs.
     """
     if clients.mode != "h2c":
         return clients, True
@@ -143,12 +163,10 @@ async def negotiate(
                 h2_error.code.name,
                 exc.code.name,
             )
-            await fallback.close()
             return clients, False
     log.info(
         "instance %s at %s does not speak h2c; using HTTP/1.1",
         clients.instance_id,
         clients.endpoint,
     )
-    await clients.close()
     return fallback, True

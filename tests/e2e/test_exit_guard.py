@@ -20,15 +20,16 @@ RUNS = 25
 CLIENT = """
 import asyncio, sys
 import pyqwest
-from flowwatch_gateway.proxy.upstream import open_clients
+from flowwatch_gateway.proxy.upstream import SharedTransports
 from flowwatch_gateway.gen.flowwatch.v1 import workflow_service_pb2
 
 async def main(endpoint):
-    clients = open_clients("bench", endpoint, "http1")
+    transports = SharedTransports()
+    clients = transports.connect("bench", endpoint, "http1")
     requests = [clients.workflows.get_capabilities(workflow_service_pb2.GetCapabilitiesRequest())
                 for _ in range(20)]
     await asyncio.gather(*requests)
-    await clients.close()
+    await transports.aclose()
 
 asyncio.run(main(sys.argv[1]))
 """
