@@ -193,11 +193,15 @@ def _stream_handler(
     return handle
 
 
-def _bind(adapter: EngineAdapter, service: ServiceDescriptor) -> SimpleNamespace:
+Backends = Mapping[str, object]
+"""Per service name (e.g. "RunService"), an object with that service's rpc methods."""
+
+
+def _bind(implementation: object, service: ServiceDescriptor) -> SimpleNamespace:
     handlers: dict[str, Any] = {}
     method: MethodDescriptor
     for method in service.methods:
-        impl = getattr(adapter, snake_case(method.name))
+        impl = getattr(implementation, snake_case(method.name))
         if method.server_streaming:
             handlers[snake_case(method.name)] = _stream_handler(method.name, impl)
         else:
@@ -205,12 +209,27 @@ def _bind(adapter: EngineAdapter, service: ServiceDescriptor) -> SimpleNamespace
     return SimpleNamespace(**handlers)
 
 
-def flowwatch_asgi_apps(adapter: EngineAdapter) -> list[ConnectASGIApplication[Any]]:
-    """One Connect ASGI app per FlowWatch service, each to be mounted at its `.path`."""
-    return [app_cls(_bind(adapter, descriptor)) for app_cls, descriptor in _SERVICES]
+def flowwatch_asgi_apps(adapter: EngineAdapter | Backends) -> list[ConnectASGIApplication[Any]]:
+    """One Connect ASGI app per FlowWatch service, each to be mounted at its `.path`.
+
+    `adapter` is one EngineAdapter for every service, or one object per service name
+    (the gateway composes its API from a module per service).
+    """
+    return [
+        app_cls(_bind(_implementation(adapter, descriptor.name), descriptor))
+        for app_cls, descriptor in _SERVICES
+    ]
 
 
-def flowwatch_routes(adapter: EngineAdapter) -> list[Mount]:
+def _implementation(adapter: EngineAdapter | Backends, service_name: str) -> object:
+    if isinstance(adapter, EngineAdapter):
+        return adapter
+    if service_name not in adapter:
+        raise ValueError(f"no implementation given for {service_name}")
+    return adapter[service_name]
+
+
+def flowwatch_routes(adapter: EngineAdapter | Backends) -> list[Mount]:
     """Starlette routes serving every FlowWatch service of `adapter` at its own path.
 
     connectrpc apps must be mounted at their own `.path` (a deeper prefix 404s).

@@ -20,7 +20,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from flowwatch_gateway.api.context import APPROXIMATE_HEADER, PARTIAL_FAILURE_HEADER
 from flowwatch_gateway.api.services import flowwatch_routes
 from flowwatch_gateway.config import GatewayConfig
-from flowwatch_gateway.proxy.gateway import GatewayAdapter
+from flowwatch_gateway.proxy.gateway import Gateway
 from flowwatch_gateway.registry.base import Clock, Registry
 from flowwatch_gateway.registry.health import HealthMonitor
 from flowwatch_gateway.registry.memory import InMemoryRegistry
@@ -62,7 +62,7 @@ def create_app(
     (see control.py); without it, draining happens in the lifespan shutdown only.
     """
     registry: Registry = InMemoryRegistry(clock)
-    adapter = GatewayAdapter(registry, config)
+    gateway = Gateway(registry, config)
     register_service = RegisterService(registry, config)
     registry.add_listener(register_service)
     monitor = HealthMonitor(registry, heartbeat=config.heartbeat, grace_period=config.grace_period)
@@ -93,7 +93,7 @@ def create_app(
                 control.close()
             monitor_task.cancel()
             await asyncio.gather(monitor_task, return_exceptions=True)
-            await adapter.aclose()
+            await gateway.aclose()
             log.info("gateway stopped")
 
     async def healthz(request: Request) -> PlainTextResponse:
@@ -111,7 +111,7 @@ def create_app(
         Route("/healthz", healthz, methods=["GET", "HEAD"]),
         Route("/readyz", readyz, methods=["GET", "HEAD"]),
         Mount(gateway_app.path, gateway_app),
-        *flowwatch_routes(adapter),
+        *flowwatch_routes(gateway.backends()),
     ]
     app = Starlette(
         routes=routes,
