@@ -14,8 +14,9 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY flowwatch_gateway ./flowwatch_gateway
 # The official image's Python is built shared (libpython3.11.so), which pyvoy's
-# Envoy process loads to run the app.
-RUN pip install . \
+# Envoy process loads to run the app. The server extra brings the gateway's server
+# (pyvoy, Starlette); the base package alone is the subsystem SDK.
+RUN pip install ".[server]" \
     && rm -rf /src \
     && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin gateway
 

