@@ -38,12 +38,12 @@ from flowwatch_gateway.demo.app import create_demo_app
 from flowwatch_gateway.demo.engine import InMemoryEngine, paginate
 from flowwatch_gateway.gen.flowwatch.v1 import types_pb2
 from flowwatch_gateway.gen.flowwatch.v1 import workflow_service_pb2 as wf
+from flowwatch_gateway.processes import free_port
 from flowwatch_gateway.subsystem.client import GatewayClient, _Ending, _SessionResult
 from tests.support.harness import (
     TEST_API_KEY,
     GatewayProcess,
     await_state,
-    free_port,
     register_client,
     register_request,
     subsystem_states,
