@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     # Only for the annotation: the SDK installs without Starlette (see flowwatch_routes).
     from starlette.routing import Mount
 
-__all__ = ["flowwatch_asgi_apps", "flowwatch_routes", "validate_request"]
+__all__ = ["Backends", "flowwatch_asgi_apps", "flowwatch_routes", "validate_request"]
 
 log = logging.getLogger(__name__)
 
