@@ -5,7 +5,7 @@
                            # the gateway + 3 demo subsystems
     python3 dev.py test    # create .venv, install with dev extras, run the whole test suite
 
-Extra arguments after the command go to `flowwatch-gateway demo` or pytest.
+Extra arguments after the command go to `flowwatch-demo demo` or pytest.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def main() -> int:
     command, rest = (sys.argv[1], sys.argv[2:]) if len(sys.argv) > 1 else ("", [])
     if command == "demo":
         ensure_venv("[server,demo]")
-        return subprocess.call([str(BIN / "flowwatch-gateway"), "demo", *rest], cwd=ROOT)
+        return subprocess.call([str(BIN / "flowwatch-demo"), "demo", *rest], cwd=ROOT)
     if command == "test":
         ensure_venv("[dev]")
         # -m "" also runs the tests marked slow, which a plain `pytest` skips.

@@ -16,10 +16,7 @@ import math
 import os
 import platform
 import signal
-import socket
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
@@ -28,12 +25,12 @@ from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from types import FrameType
-from typing import IO, Any, TypeVar
+from typing import Any, TypeVar
 
-import httpx
 import pyqwest
 
 from flowwatch_gateway.exit_guard import install as install_exit_guard
+from flowwatch_gateway.processes import Child, ChildGroup, child_env, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 STARTUP_TIMEOUT_SECONDS = 60.0
@@ -208,163 +205,56 @@ def h2c_transport() -> pyqwest.HTTPTransport:
 # --- child processes ------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    """A TCP port that was free a moment ago on 127.0.0.1."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+class Served(Child):
+    """A `flowwatch-gateway` (or demo) child serving HTTP on a loopback port."""
 
-
-def child_env() -> dict[str, str]:
-    """os.environ without gateway settings, so the developer's shell cannot change a run."""
-    return {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith("GATEWAY_") and key not in ("UI_ORIGIN", "FLOWWATCH_GATEWAY_API_KEY")
-    }
-
-
-class Child:
-    """A `flowwatch-gateway` subprocess in its own session, its output kept in a temp file."""
-
-    def __init__(self, name: str, cli_args: Sequence[str], port: int) -> None:
-        self.name = name
+    def __init__(self, name: str, module: str, cli_args: Sequence[str], port: int) -> None:
+        command = [sys.executable, "-m", module, *cli_args]
+        super().__init__(name, command, env=child_env(), cwd=ROOT)
         self.url = f"http://127.0.0.1:{port}"
-        self._log: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 - closed in close()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "flowwatch_gateway.cli", *cli_args],
-            cwd=ROOT,
-            env=child_env(),
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def logs(self) -> str:
-        self._log.flush()
-        self._log.seek(0)
-        return self._log.read().decode(errors="replace")
-
-    def wait_http_ok(self, path: str, timeout: float = STARTUP_TIMEOUT_SECONDS) -> None:
-        """Poll GET <url><path> until 200; raise with the logs if the child dies or hangs."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"{self.name} exited with {self.proc.returncode} during startup:\n"
-                    + self.logs()
-                )
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.url}{path}", timeout=1.0).status_code == 200:
-                    return
-            time.sleep(0.1)
-        raise RuntimeError(f"{self.name} not serving {path} after {timeout:g}s:\n{self.logs()}")
-
-    def terminate(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-
-    def wait_or_kill(self, deadline: float) -> int:
-        """Exit status after SIGTERM; SIGKILL the whole group (Envoy too) past the deadline."""
-        try:
-            return self.proc.wait(max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            self.kill()
-            return self.proc.wait()
-
-    def kill(self) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(5)
-
-    def close(self) -> None:
-        self.kill()
-        self._log.close()
 
 
-class Children:
-    """The benchmark's children; stop_all() stops them in start order and reports exits."""
+class Children(ChildGroup):
+    """The benchmark's children; stop_all() stops them latest started first."""
 
-    def __init__(self) -> None:
-        self._children: list[Child] = []
-        self._stopped: set[str] = set()
-
-    def start_gateway(self, port: int | None = None) -> Child:
+    def start_gateway(self, port: int | None = None) -> Served:
         """`flowwatch-gateway serve` under pyvoy on loopback, ready when /readyz says so."""
         port = port or free_port()
-        child = self._add(
-            Child(
-                "gateway",
-                ["serve", "--addr", f"127.0.0.1:{port}", "--server", "pyvoy"],
-                port,
-            )
-        )
-        child.wait_http_ok("/readyz")
+        args = ["serve", "--addr", f"127.0.0.1:{port}", "--server", "pyvoy"]
+        child = self.start(Served("gateway", "flowwatch_gateway.cli", args, port))
+        child.wait_http_ok(f"{child.url}/readyz", STARTUP_TIMEOUT_SECONDS)
         return child
 
     def start_subsystem(
         self, subsystem_id: str, gateway_url: str, *, seed: int, port: int | None = None
-    ) -> Child:
+    ) -> Served:
         """A demo subsystem under pyvoy (HTTP/1.1 + h2c), ready when its API answers.
 
         Registration with `gateway_url` is left to the caller to check: with no gateway
         there, the subsystem keeps serving and retries in the background.
         """
         port = port or free_port()
-        child = self._add(
-            Child(
-                subsystem_id,
-                [
-                    "subsystem",
-                    "--id",
-                    subsystem_id,
-                    "--port",
-                    str(port),
-                    "--gateway",
-                    gateway_url,
-                    "--seed",
-                    str(seed),
-                    "--log-level",
-                    "warning",
-                    # Long retry delays keep a gateway-less subsystem quiet during timing.
-                    "--min-backoff",
-                    "5m",
-                    "--max-backoff",
-                    "5m",
-                ],
-                port,
-            )
-        )
-        child.wait_http_ok("/healthz")
+        args = [
+            "subsystem",
+            "--id",
+            subsystem_id,
+            "--port",
+            str(port),
+            "--gateway",
+            gateway_url,
+            "--seed",
+            str(seed),
+            "--log-level",
+            "warning",
+            # Long retry delays keep a gateway-less subsystem quiet during timing.
+            "--min-backoff",
+            "5m",
+            "--max-backoff",
+            "5m",
+        ]
+        child = self.start(Served(subsystem_id, "flowwatch_gateway.demo", args, port))
+        child.wait_http_ok(f"{child.url}/healthz", STARTUP_TIMEOUT_SECONDS)
         return child
-
-    def _add(self, child: Child) -> Child:
-        self._children.append(child)
-        return child
-
-    def stop_all(self) -> dict[str, int]:
-        """SIGTERM every child still running, latest started first, and return exit statuses.
-
-        Subsystems were started after the gateway, so they leave it before it stops.
-        Each child is stopped once; calling this again returns only newly stopped ones.
-        """
-        statuses: dict[str, int] = {}
-        for child in reversed(self._children):
-            if child.name in self._stopped:
-                continue
-            child.terminate()
-            statuses[child.name] = child.wait_or_kill(time.monotonic() + STOP_TIMEOUT_SECONDS)
-            self._stopped.add(child.name)
-        return statuses
-
-    def logs(self) -> str:
-        return "\n".join(f"--- {c.name} ---\n{c.logs()}" for c in self._children)
-
-    def close(self) -> None:
-        for child in self._children:
-            child.close()
-        self._children.clear()
 
 
 @contextlib.contextmanager
@@ -379,7 +269,7 @@ def children() -> Iterator[Children]:
     finally:
         # Ctrl-C or an error: stop gracefully first, then make sure nothing is left.
         try:
-            report_exits(group.stop_all())
+            report_exits(group.stop_all(STOP_TIMEOUT_SECONDS))
         finally:
             group.close()
 

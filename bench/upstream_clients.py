@@ -37,6 +37,7 @@ from flowwatch_gateway.gen.flowwatch.v1 import (
     workflow_service_connect,
     workflow_service_pb2,
 )
+from flowwatch_gateway.processes import free_port
 
 M = TypeVar("M", bound=Message)
 
@@ -258,7 +259,7 @@ def benchmark(args: argparse.Namespace) -> int:
     print(f"# upstream clients: {_common.machine_banner()}", flush=True)
     with _common.children() as group:
         # No gateway listens at this address; the subsystem only serves its API here.
-        nowhere = f"http://127.0.0.1:{_common.free_port()}"
+        nowhere = f"http://127.0.0.1:{free_port()}"
         subsystem = group.start_subsystem("orders", nowhere, seed=1)
         rows = _common.run_async(measure_all(subsystem.url, args))
         clean = _common.report_exits(group.stop_all())

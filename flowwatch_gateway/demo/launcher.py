@@ -1,9 +1,14 @@
-"""`flowwatch-gateway demo`: a gateway and three demo subsystems, each its own process.
+"""`flowwatch-demo demo`: a gateway and three demo subsystems, each its own process.
 
 The subsystems register through the real client (connect_to_gateway), so the demo
 shows exactly what a deployment does. Every child runs in its own session: Ctrl-C
 reaches only this launcher, which then stops the subsystems first (they leave the
 gateway cleanly) and the gateway last, each with SIGTERM, and SIGKILL if it hangs.
+
+Failure semantics: a subsystem that dies is logged and restarted after a delay that
+doubles per quick failure (bounded), while the gateway and the other subsystems keep
+running, as one workflow system failing would in a deployment. The gateway dying
+stops the demo: without it there is nothing to show.
 """
 
 from __future__ import annotations
@@ -11,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -22,12 +26,20 @@ from types import FrameType
 import httpx
 
 from flowwatch_gateway.demo.process import API_KEY_ENV
+from flowwatch_gateway.processes import Child, stop_together
 
 DEMO_SUBSYSTEMS = ("orders", "payments", "shipping")
 REGISTRATION_TIMEOUT_SECONDS = 60.0
 STOP_TIMEOUT_SECONDS = 10.0
 POLL_SECONDS = 0.2
 EXIT_FAILED = 1
+# Restart delays of a dead subsystem: 2 s, 4 s, 8 s, ... up to 30 s. A subsystem that
+# ran for STABLE_SECONDS before dying starts again from the first delay; one that died
+# MAX_QUICK_RESTARTS times in a row without getting that far is left down.
+FIRST_RESTART_DELAY_SECONDS = 2.0
+MAX_RESTART_DELAY_SECONDS = 30.0
+STABLE_SECONDS = 60.0
+MAX_QUICK_RESTARTS = 5
 
 
 @dataclass(frozen=True)
@@ -80,32 +92,10 @@ class DemoSettings:
         return self.gateway_url
 
 
-@dataclass
-class Child:
-    """One child process, started in its own session so the terminal's Ctrl-C skips it."""
-
-    name: str
-    proc: subprocess.Popen[bytes]
-
-    def terminate(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-
-    def wait_or_kill(self, deadline: float) -> int:
-        try:
-            return self.proc.wait(max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            print(f"{self.name} did not stop in time; killing it", file=sys.stderr)
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            return self.proc.wait()
-
-
-def _spawn(name: str, args: Sequence[str], env: Mapping[str, str]) -> Child:
-    command = [sys.executable, "-m", "flowwatch_gateway.cli", *args]
+def _spawn(name: str, module: str, args: Sequence[str], env: Mapping[str, str]) -> Child:
     # Children log to stderr; this launcher's stdout carries only the instructions.
-    proc = subprocess.Popen(command, env=dict(env), stdout=sys.stderr, start_new_session=True)
-    return Child(name, proc)
+    command = [sys.executable, "-m", module, *args]
+    return Child(name, command, env=env, output=sys.stderr).start()
 
 
 def _gateway_command(settings: DemoSettings) -> list[str]:
@@ -127,6 +117,65 @@ def _subsystem_command(
         "--seed",
         str(seed),
     ]
+
+
+def restart_delay(quick_failures: int) -> float:
+    """Seconds before restart number `quick_failures` (1-based) of a subsystem."""
+    exponent = max(0, quick_failures - 1)
+    return min(FIRST_RESTART_DELAY_SECONDS * 2.0**exponent, MAX_RESTART_DELAY_SECONDS)
+
+
+@dataclass
+class _Supervised:
+    """A demo subsystem and what its restarts need to know."""
+
+    child: Child
+    started_at: float = field(default_factory=time.monotonic)
+    quick_failures: int = 0
+    restart_at: float | None = None
+    given_up: bool = False
+    awaiting_registration: bool = False
+
+    def check(self, now: float) -> None:
+        """Notice a death and schedule a restart; restart when it is due."""
+        child = self.child
+        if self.given_up:
+            return
+        if self.restart_at is None:
+            if child.running:
+                return
+            if now - self.started_at >= STABLE_SECONDS:
+                self.quick_failures = 0
+            self.quick_failures += 1
+            self.awaiting_registration = False
+            if self.quick_failures > MAX_QUICK_RESTARTS:
+                self.given_up = True
+                print(
+                    f"{child.name} exited with status {child.returncode} "
+                    f"{MAX_QUICK_RESTARTS + 1} times in a row; leaving it down "
+                    "(the gateway and the other subsystems keep running)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                return
+            delay = restart_delay(self.quick_failures)
+            print(
+                f"{child.name} exited unexpectedly with status {child.returncode}; "
+                f"restarting it in {delay:g}s",
+                file=sys.stderr,
+                flush=True,
+            )
+            self.restart_at = now + delay
+            return
+        if now >= self.restart_at:
+            # Its Envoy may have outlived it (e.g. `kill -9` of the supervisor alone)
+            # and would keep the port.
+            child.kill()
+            child.start()
+            self.started_at = now
+            self.restart_at = None
+            self.awaiting_registration = True
+            print(f"{child.name} restarted (pid {child.pid})", file=sys.stderr, flush=True)
 
 
 def connected_subsystems(gateway_url: str) -> set[str]:
@@ -189,33 +238,49 @@ def run_demo(settings: DemoSettings) -> int:
     subsystems: list[Child] = []
     try:
         gateway_env = {**os.environ, "GATEWAY_API_KEY": settings.api_key}
-        gateway = _spawn("gateway", _gateway_command(settings), gateway_env)
+        gateway = _spawn(
+            "gateway", "flowwatch_gateway.cli", _gateway_command(settings), gateway_env
+        )
         subsystem_env = {**os.environ, API_KEY_ENV: settings.api_key}
         for seed, (sid, port) in enumerate(
             zip(DEMO_SUBSYSTEMS, settings.subsystem_ports, strict=True), start=1
         ):
-            subsystems.append(
-                _spawn(sid, _subsystem_command(settings, sid, port, seed), subsystem_env)
-            )
-        children = [gateway, *subsystems]
-        if not _wait_for_registrations(settings, children, stop):
+            command = _subsystem_command(settings, sid, port, seed)
+            subsystems.append(_spawn(sid, "flowwatch_gateway.demo", command, subsystem_env))
+        if not _wait_for_registrations(settings, [gateway, *subsystems], stop):
             return EXIT_FAILED if not stop.event.is_set() else 0
         print(instructions(settings), flush=True)
-        while not stop.event.wait(POLL_SECONDS):
-            dead = [child for child in children if child.proc.poll() is not None]
-            if dead:
-                for child in dead:
-                    print(
-                        f"{child.name} exited unexpectedly with status {child.proc.returncode}; "
-                        "stopping the demo",
-                        file=sys.stderr,
-                    )
-                return EXIT_FAILED
-        return 0
+        return _supervise(settings, gateway, [_Supervised(child) for child in subsystems], stop)
     finally:
         _stop_all(subsystems, gateway)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _supervise(
+    settings: DemoSettings, gateway: Child, subsystems: list[_Supervised], stop: _StopSignal
+) -> int:
+    """Until signalled (exit 0) or the gateway dies (exit 1): restart dead subsystems."""
+    while not stop.event.wait(POLL_SECONDS):
+        if not gateway.running:
+            print(
+                f"gateway exited unexpectedly with status {gateway.returncode}; stopping the demo",
+                file=sys.stderr,
+                flush=True,
+            )
+            return EXIT_FAILED
+        now = time.monotonic()
+        for subsystem in subsystems:
+            subsystem.check(now)
+        waiting = [s for s in subsystems if s.awaiting_registration]
+        if waiting:
+            with contextlib.suppress(httpx.HTTPError):
+                connected = connected_subsystems(settings.gateway_url)
+                for subsystem in waiting:
+                    if subsystem.child.name in connected:
+                        subsystem.awaiting_registration = False
+                        print(f"{subsystem.child.name} registered again", file=sys.stderr)
+    return 0
 
 
 def _wait_for_registrations(
@@ -229,9 +294,9 @@ def _wait_for_registrations(
         if stop.event.is_set():
             return False
         for child in children:
-            if child.proc.poll() is not None:
+            if not child.running:
                 print(
-                    f"{child.name} exited with status {child.proc.returncode} during startup; "
+                    f"{child.name} exited with status {child.returncode} during startup; "
                     "see its log above",
                     file=sys.stderr,
                 )
@@ -251,11 +316,8 @@ def _wait_for_registrations(
 
 def _stop_all(subsystems: list[Child], gateway: Child | None) -> None:
     """Subsystems first (they leave the gateway cleanly), then the gateway."""
-    for child in subsystems:
-        child.terminate()
-    deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
-    for child in subsystems:
-        child.wait_or_kill(deadline)
+    stop_together(subsystems, STOP_TIMEOUT_SECONDS)
     if gateway is not None:
-        gateway.terminate()
-        gateway.wait_or_kill(time.monotonic() + STOP_TIMEOUT_SECONDS)
+        gateway.stop(timeout=STOP_TIMEOUT_SECONDS)
+    for child in [*subsystems, *([gateway] if gateway is not None else [])]:
+        child.close()

@@ -1,6 +1,6 @@
-"""Demo subsystem processes and `flowwatch-gateway demo`, end to end with real processes.
+"""Demo subsystem processes and `flowwatch-demo demo`, end to end with real processes.
 
-Every subsystem is `flowwatch-gateway subsystem` (pyvoy serving the in-memory API,
+Every subsystem is `flowwatch-demo subsystem` (pyvoy serving the in-memory API,
 connect_to_gateway inside the Envoy process); the gateway is `flowwatch-gateway
 serve`. What happens is observed through the gateway's public API, as the UI sees it.
 Times are measured and printed (run with -s), never asserted as performance.
@@ -8,24 +8,24 @@ Times are measured and printed (run with -s), never asserted as performance.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
-import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 
+from flowwatch_gateway.processes import Child, free_port
 from tests.support.harness import (
     ROOT,
     GatewayProcess,
     SubsystemProcess,
-    clean_env,
-    free_port,
+    list_subsystems,
     start_gateway,
     start_subsystem,
     subsystem_states,
@@ -167,72 +167,117 @@ def test_every_subsystem_reregisters_after_the_gateway_restarts_on_its_port() ->
                 subsystem.close()
 
 
+def start_demo(gateway_port: int, subsystem_ports: list[int]) -> Child:
+    """`flowwatch-demo demo` on the given ports, until it prints its instructions."""
+    demo = Child(
+        "demo",
+        [
+            sys.executable,
+            "-m",
+            "flowwatch_gateway.demo",
+            "demo",
+            "--port",
+            str(gateway_port),
+            "--api-key",
+            API_KEY,
+            "--subsystem-ports",
+            ",".join(map(str, subsystem_ports)),
+        ],
+        cwd=ROOT,
+    ).start()
+    started = time.monotonic()
+    try:
+        demo.wait_for(lambda: "Press Ctrl-C to stop" in demo.logs(), 60, "ready")
+    except BaseException:
+        demo.close()
+        raise
+    print(f"demo ready after {time.monotonic() - started:.2f}s")
+    return demo
+
+
+def demo_children(demo: Child) -> dict[str, int]:
+    """The launcher's children: 'gateway' or the subsystem id -> pid (Linux /proc)."""
+    children = Path(f"/proc/{demo.pid}/task/{demo.pid}/children").read_text().split()
+    found = {}
+    for pid in map(int, children):
+        with contextlib.suppress(FileNotFoundError):
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+            found[argv[argv.index("--id") + 1] if "--id" in argv else "gateway"] = pid
+    return found
+
+
+def registrations(url: str) -> dict[str, tuple[str, str]]:
+    """subsystem id -> (state, registration time) from ListSubsystems."""
+    return {
+        summary["subsystem"]["id"]: (
+            summary["subsystem"].get("metadata", {}).get("gateway.state", ""),
+            summary["subsystem"].get("createdAt", ""),
+        )
+        for summary in list_subsystems(url)
+    }
+
+
 def test_demo_command_registers_three_subsystems_and_sigint_stops_everything() -> None:
     gateway_port = free_port()
     subsystem_ports = [free_port() for _ in range(3)]
-    with tempfile.TemporaryFile() as stdout, tempfile.TemporaryFile() as stderr:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "flowwatch_gateway.cli",
-                "demo",
-                "--port",
-                str(gateway_port),
-                "--api-key",
-                API_KEY,
-                "--subsystem-ports",
-                ",".join(map(str, subsystem_ports)),
-            ],
-            cwd=ROOT,
-            env=clean_env(),
-            stdout=stdout,
-            stderr=stderr,
-            start_new_session=True,
+    with start_demo(gateway_port, subsystem_ports) as demo:
+        url = f"http://127.0.0.1:{gateway_port}"
+        assert subsystem_states(url) == {
+            "orders": "connected",
+            "payments": "connected",
+            "shipping": "connected",
+        }
+        text = demo.logs()
+        assert f"VITE_API_URL=http://localhost:{gateway_port}" in text
+        assert f"http://localhost:{gateway_port}/flowwatch.v1.RunService/ListRuns" in text
+        assert "http://localhost:5173" in text
+        assert API_KEY not in text
+
+        started = time.monotonic()
+        # 20 s, then SIGKILL: the launcher stops its own children first.
+        status = demo.stop(signal.SIGINT, timeout=20)
+        print(f"SIGINT -> demo exit {status} after {time.monotonic() - started:.2f}s")
+        assert status == 0, demo.logs()
+        for port in [gateway_port, *subsystem_ports]:
+            with pytest.raises(httpx.ConnectError):
+                httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1.0)
+
+
+@pytest.mark.slow
+def test_demo_restarts_a_killed_subsystem_and_stops_when_the_gateway_dies() -> None:
+    gateway_port = free_port()
+    subsystem_ports = [free_port() for _ in range(3)]
+    url = f"http://127.0.0.1:{gateway_port}"
+    with start_demo(gateway_port, subsystem_ports) as demo:
+        before = demo_children(demo)
+        assert set(before) == {"gateway", "orders", "payments", "shipping"}, before
+        registered = registrations(url)
+        assert {state for state, _ in registered.values()} == {"connected"}
+
+        os.kill(before["orders"], signal.SIGKILL)  # the supervisor only, as `kill -9` would
+        demo.wait_for(
+            lambda: (
+                registrations(url).get("orders", ("", ""))[0] == "connected"
+                and registrations(url)["orders"][1] != registered["orders"][1]
+            ),
+            60,
+            "showing orders registered again",
         )
+        after = demo_children(demo)
+        assert after["orders"] != before["orders"]
+        others = ("gateway", "payments", "shipping")
+        assert {name: after[name] for name in others} == {name: before[name] for name in others}
+        now = registrations(url)
+        assert {sid: now[sid] for sid in ("payments", "shipping")} == {
+            sid: registered[sid] for sid in ("payments", "shipping")
+        }
+        logs = demo.logs()
+        assert "orders exited unexpectedly with status -9; restarting it in 2s" in logs
+        assert f"orders restarted (pid {after['orders']})" in logs
 
-        def output() -> str:
-            stdout.seek(0)
-            return stdout.read().decode(errors="replace")
-
-        def logs() -> str:
-            stderr.seek(0)
-            return stderr.read().decode(errors="replace")
-
-        try:
-            started = time.monotonic()
-            deadline = started + 60
-            while "Press Ctrl-C to stop" not in output():
-                assert proc.poll() is None, f"demo exited {proc.returncode}:\n{logs()}"
-                assert time.monotonic() < deadline, f"demo not ready:\n{logs()}"
-                time.sleep(0.1)
-            print(f"demo ready after {time.monotonic() - started:.2f}s")
-            url = f"http://127.0.0.1:{gateway_port}"
-            assert subsystem_states(url) == {
-                "orders": "connected",
-                "payments": "connected",
-                "shipping": "connected",
-            }
-            text = output()
-            assert f"VITE_API_URL=http://localhost:{gateway_port}" in text
-            assert f"http://localhost:{gateway_port}/flowwatch.v1.RunService/ListRuns" in text
-            assert "http://localhost:5173" in text
-            assert API_KEY not in text + logs()
-
-            started = time.monotonic()
-            os.kill(proc.pid, signal.SIGINT)
-            status = proc.wait(20)
-            print(f"SIGINT -> demo exit {status} after {time.monotonic() - started:.2f}s")
-            assert status == 0, logs()
-            for port in [gateway_port, *subsystem_ports]:
-                with pytest.raises(httpx.ConnectError):
-                    httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1.0)
-        finally:
-            if proc.poll() is None:
-                # Let the launcher stop its children (each in its own session) first.
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(20)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait(5)
+        os.kill(before["gateway"], signal.SIGKILL)
+        assert demo.proc.wait(60) == 1, demo.logs()
+        assert "gateway exited unexpectedly with status -9; stopping the demo" in demo.logs()
+        for port in [gateway_port, *subsystem_ports]:
+            with pytest.raises(httpx.ConnectError):
+                httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1.0)

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.harness import ROOT, clean_env, free_port
+from flowwatch_gateway.processes import child_env, free_port
+from tests.support.harness import ROOT
 
 DOCKERFILE = ROOT / "Dockerfile"
 IMAGE_PORT = "8091"
@@ -125,7 +126,7 @@ def test_image_steps_install_serve_and_pass_the_healthcheck(tmp_path: Path) -> N
     check[0] = str(venv / "bin" / check[0])
     workdir = tmp_path / "run"  # like WORKDIR /: nothing importable from the source tree
     workdir.mkdir()
-    env = clean_env({"GATEWAY_ADDR": f"127.0.0.1:{port}"})  # the image's ENV, on a free port
+    env = child_env({"GATEWAY_ADDR": f"127.0.0.1:{port}"})  # the image's ENV, on a free port
     env.pop("PYTHONPATH", None)
     env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
 

@@ -16,9 +16,9 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 
-from tests.support.harness import GatewayProcess, free_port, start_gateway, subsystem_states
+from flowwatch_gateway.processes import Child, free_port
+from tests.support.harness import GatewayProcess, start_gateway, subsystem_states
 from tests.support.upstreams import (
-    Process,
     dead_endpoint,
     hung_endpoint,
     post,
@@ -40,7 +40,7 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Stack]:
-    processes: list[Process] = []
+    processes: list[Child] = []
     with (
         hung_endpoint() as hung,
         start_gateway(

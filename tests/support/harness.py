@@ -6,7 +6,7 @@ Use from tests:
 
     with start_gateway("--heartbeat", "200ms", "--grace-period", "1s") as gw:
         ...                      # gw.url, gw.port, gw.proc, gw.logs()
-        assert gw.stop() == 0    # SIGTERM, wait, exit status
+        assert gw.stop() == 0    # SIGTERM, wait (SIGKILL past the timeout), exit status
 
 Run as a script it is a minimal subsystem that registers, answers pings and prints
 each event on stdout (for tests that need a subsystem in its own process, to kill or
@@ -20,19 +20,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
-import signal
-import socket
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import TracebackType
-from typing import IO, Any
+from typing import Any
 
 import httpx
 import pyqwest
@@ -43,6 +37,7 @@ from flowwatch_gateway.gen.flowwatch.v1 import (
     gateway_service_connect,
     gateway_service_pb2,
 )
+from flowwatch_gateway.processes import Child, child_env, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 STARTUP_TIMEOUT = 30.0
@@ -50,99 +45,25 @@ STARTUP_TIMEOUT = 30.0
 TEST_API_KEY = "test-key-1234"
 
 
-def free_port() -> int:
-    """A TCP port that was free a moment ago on 127.0.0.1."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """os.environ without GATEWAY_*/UI_ORIGIN (so the developer's shell cannot leak in)."""
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith("GATEWAY_") and key != "UI_ORIGIN"
-    }
-    env.update(extra or {})
-    return env
-
-
-class GatewayProcess:
-    """A `flowwatch-gateway serve` subprocess in its own process group.
+class GatewayProcess(Child):
+    """A `flowwatch-gateway serve` subprocess, started at once in its own process group.
 
     The group matters: under pyvoy the gateway has an Envoy child, and teardown must
-    not leave it behind.
+    not leave it behind. Used as a context manager, it shows its logs when the block
+    fails and is killed on the way out.
     """
 
-    def __init__(self, command: list[str], env: Mapping[str, str], port: int) -> None:
+    def __init__(
+        self, command: list[str], env: Mapping[str, str], port: int, name: str = "gateway"
+    ) -> None:
+        super().__init__(name, command, env=env, cwd=ROOT)
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
-        self.command = command
-        self._log_file: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 - see close()
-        self.proc = subprocess.Popen(
-            command,
-            env=dict(env),
-            cwd=ROOT,
-            stdout=self._log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def logs(self) -> str:
-        """Everything the gateway (and Envoy) wrote so far."""
-        self._log_file.flush()
-        self._log_file.seek(0)
-        return self._log_file.read().decode(errors="replace")
+        self.start()
 
     def wait_ready(self, timeout: float = STARTUP_TIMEOUT) -> None:
         """Poll /readyz until 200; fail with the logs if the process dies or never gets ready."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"gateway exited with {self.proc.returncode} before it was ready:\n"
-                    + self.logs()
-                )
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.url}/readyz", timeout=1.0).status_code == 200:
-                    return
-            time.sleep(0.1)
-        raise RuntimeError(f"gateway not ready after {timeout}s:\n{self.logs()}")
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
-        """Send `sig` to the gateway process and return its exit status."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            raise
-
-    def kill(self) -> None:
-        """SIGKILL the whole process group (gateway and Envoy); safe to call twice."""
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(5)
-
-    def close(self) -> None:
-        self.kill()
-        self._log_file.close()
-
-    def __enter__(self) -> GatewayProcess:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc is not None:
-            print(f"--- gateway logs ---\n{self.logs()}", file=sys.stderr)
-        self.close()
+        self.wait_http_ok(f"{self.url}/readyz", timeout)
 
 
 def start_gateway(
@@ -169,7 +90,7 @@ def start_gateway(
         server,
         *args,
     ]
-    gateway = GatewayProcess(command, clean_env(env), port)
+    gateway = GatewayProcess(command, child_env(env), port)
     if wait:
         try:
             gateway.wait_ready()
@@ -420,7 +341,7 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-# --- demo subsystem processes (`flowwatch-gateway subsystem`) ------------------------------
+# --- demo subsystem processes (`flowwatch-demo subsystem`) ---------------------------------
 
 
 class SubsystemProcess(GatewayProcess):
@@ -428,17 +349,7 @@ class SubsystemProcess(GatewayProcess):
 
     def wait_ready(self, timeout: float = STARTUP_TIMEOUT) -> None:
         """Poll the demo API's /healthz until 200 (registration is checked separately)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"subsystem exited with {self.proc.returncode} before serving:\n" + self.logs()
-                )
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.url}/healthz", timeout=1.0).status_code == 200:
-                    return
-            time.sleep(0.1)
-        raise RuntimeError(f"subsystem not serving after {timeout}s:\n{self.logs()}")
+        self.wait_http_ok(f"{self.url}/healthz", timeout)
 
 
 def start_subsystem(
@@ -449,7 +360,7 @@ def start_subsystem(
     port: int | None = None,
     wait: bool = True,
 ) -> SubsystemProcess:
-    """Start `flowwatch-gateway subsystem --id ID --port PORT --gateway URL ARGS...`.
+    """Start `flowwatch-demo subsystem --id ID --port PORT --gateway URL ARGS...`.
 
     The API key travels in the environment, as a deployment would pass it.
     """
@@ -457,7 +368,7 @@ def start_subsystem(
     command = [
         sys.executable,
         "-m",
-        "flowwatch_gateway.cli",
+        "flowwatch_gateway.demo",
         "subsystem",
         "--id",
         subsystem_id,
@@ -467,7 +378,9 @@ def start_subsystem(
         gateway_url,
         *args,
     ]
-    subsystem = SubsystemProcess(command, clean_env({"FLOWWATCH_GATEWAY_API_KEY": api_key}), port)
+    subsystem = SubsystemProcess(
+        command, child_env({"FLOWWATCH_GATEWAY_API_KEY": api_key}), port, name=subsystem_id
+    )
     if wait:
         try:
             subsystem.wait_ready()

@@ -15,61 +15,32 @@ from __future__ import annotations
 import argparse
 import contextlib
 import socket
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import IO
 
 import httpx
 
+from flowwatch_gateway.processes import Child, free_port
 from tests.support.harness import (
     ROOT,
+    STARTUP_TIMEOUT,
     GatewayProcess,
-    clean_env,
-    free_port,
     start_gateway,
     subsystem_states,
 )
 
 
-class Process:
-    """A child process whose output goes to a temp file; terminated on close()."""
-
-    def __init__(self, command: list[str]) -> None:
-        self.command = command
-        self._out: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 - closed in close()
-        self.proc = subprocess.Popen(
-            command, cwd=ROOT, env=clean_env(), stdout=self._out, stderr=subprocess.STDOUT
-        )
-
-    def output(self) -> str:
-        self._out.flush()
-        self._out.seek(0)
-        return self._out.read().decode(errors="replace")
-
-    def close(self) -> int | None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self._out.close()
-        return self.proc.returncode
-
-
 def start_demo_server(
     subsystem_id: str, seed: int, now: datetime, port: int | None = None
-) -> tuple[Process, str]:
+) -> tuple[Child, str]:
     """A demo FlowWatch subsystem under uvicorn; returns (process, endpoint URL)."""
     port = port or free_port()
-    proc = Process(
+    proc = Child(
+        f"demo server {subsystem_id}",
         [
             sys.executable,
             "-m",
@@ -83,24 +54,22 @@ def start_demo_server(
             str(seed),
             "--now",
             now.isoformat(),
-        ]
+        ],
+        cwd=ROOT,
     )
     endpoint = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.proc.poll() is not None:
-            raise RuntimeError(f"demo server {subsystem_id} exited:\n{proc.output()}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{endpoint}/healthz", timeout=1).status_code == 200:
-                return proc, endpoint
-        time.sleep(0.1)
-    proc.close()
-    raise RuntimeError(f"demo server {subsystem_id} did not start")
+    try:
+        proc.start().wait_http_ok(f"{endpoint}/healthz", STARTUP_TIMEOUT)
+    except BaseException:
+        proc.close()
+        raise
+    return proc, endpoint
 
 
-def start_registrar(gateway_url: str, subsystem_id: str, endpoint: str) -> Process:
+def start_registrar(gateway_url: str, subsystem_id: str, endpoint: str) -> Child:
     """Registers `endpoint` as `subsystem_id` and answers pings, like a Go subsystem."""
-    return Process(
+    return Child(
+        f"registrar {subsystem_id}",
         [
             sys.executable,
             "-m",
@@ -112,8 +81,9 @@ def start_registrar(gateway_url: str, subsystem_id: str, endpoint: str) -> Proce
             subsystem_id,
             "--endpoint",
             endpoint,
-        ]
-    )
+        ],
+        cwd=ROOT,
+    ).start()
 
 
 @contextlib.contextmanager
@@ -180,7 +150,7 @@ DEMO_WORKFLOWS_PER_SUBSYSTEM = 4
 def demo_stack(subsystems: Mapping[str, int], *gateway_args: str) -> Iterator[DemoStack]:
     """A pyvoy gateway with demo subsystems (id -> seed) registered and discovered."""
     now = datetime.now(UTC).replace(microsecond=0)
-    processes: list[Process] = []
+    processes: list[Child] = []
     with start_gateway(*gateway_args) as gateway:
         try:
             endpoints = {}

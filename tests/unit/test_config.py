@@ -17,7 +17,7 @@ from flowwatch_gateway.config import (
     format_go_duration,
     parse_go_duration,
 )
-from tests.support.harness import clean_env
+from flowwatch_gateway.processes import child_env
 
 
 @pytest.mark.parametrize(
@@ -180,7 +180,7 @@ def test_describe_never_shows_the_api_key() -> None:
 def test_cli_prints_config_errors_and_exits_2() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "flowwatch_gateway.cli", "serve", "--heartbeat", "fast"],
-        env=clean_env({"GATEWAY_GRACE_PERIOD": "1s"}),
+        env=child_env({"GATEWAY_GRACE_PERIOD": "1s"}),
         capture_output=True,
         text=True,
         timeout=30,
@@ -189,7 +189,7 @@ def test_cli_prints_config_errors_and_exits_2() -> None:
     assert "--heartbeat='fast'" in result.stderr
     env_error = subprocess.run(
         [sys.executable, "-m", "flowwatch_gateway.cli", "serve"],
-        env=clean_env({"GATEWAY_ADDR": "nowhere"}),
+        env=child_env({"GATEWAY_ADDR": "nowhere"}),
         capture_output=True,
         text=True,
         timeout=30,
