@@ -1,7 +1,7 @@
 """The ASGI entry point of a demo subsystem process (`flowwatch_gateway.demo.asgi:app`).
 
 pyvoy imports this inside the Envoy process, which only inherits environment
-variables; `flowwatch-gateway subsystem` has validated the settings and passed them on
+variables; `flowwatch-demo subsystem` has validated the settings and passed them on
 (see process.py).
 """
 

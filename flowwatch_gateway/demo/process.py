@@ -1,6 +1,6 @@
 """One demo subsystem process: the in-memory FlowWatch API, registered with a gateway.
 
-`flowwatch-gateway subsystem` supervises an Envoy child (pyvoy) that serves the demo
+`flowwatch-demo subsystem` supervises an Envoy child (pyvoy) that serves the demo
 app; the app itself runs inside Envoy, so the gateway client runs there too, started
 and stopped by the app's lifespan. Settings reach Envoy as environment variables,
 exactly like the gateway's own configuration does.
@@ -103,7 +103,7 @@ class SubsystemSettings:
         def get(name: str) -> str:
             key = f"{ENV_PREFIX}{name}"
             if key not in env:
-                raise ValueError(f"{key} is not set; start the process with flowwatch-gateway")
+                raise ValueError(f"{key} is not set; start the process with flowwatch-demo")
             return env[key]
 
         return cls(
