@@ -17,6 +17,9 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from flowwatch_gateway.registry.endpoints import parse_host_rules
+from flowwatch_gateway.registry.keys import load_keys_file
+
 ServerKind = Literal["pyvoy", "uvicorn"]
 SERVER_KINDS: tuple[ServerKind, ...] = ("pyvoy", "uvicorn")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -99,6 +102,10 @@ class GatewayConfig:
     tls_client_ca: Path | None = None
     server: ServerKind = "pyvoy"
     log_level: str = "info"
+    api_keys_file: Path | None = None
+    read_only: bool = False
+    endpoint_allow: tuple[str, ...] = ()
+    endpoint_deny: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _check(1 <= self.port <= 65535, "port", self.port, "must be between 1 and 65535")
@@ -184,6 +191,10 @@ class GatewayConfig:
             "GATEWAY_TLS_CLIENT_CA": str(self.tls_client_ca or ""),
             "GATEWAY_SERVER": self.server,
             "GATEWAY_LOG_LEVEL": self.log_level,
+            "GATEWAY_API_KEYS_FILE": str(self.api_keys_file or ""),
+            "GATEWAY_READ_ONLY": "true" if self.read_only else "false",
+            "GATEWAY_ENDPOINT_ALLOW": ",".join(self.endpoint_allow),
+            "GATEWAY_ENDPOINT_DENY": ",".join(self.endpoint_deny),
         }
         return env
 
@@ -282,6 +293,34 @@ def _choice_field(name: str, choices: tuple[str, ...]) -> Callable[[str], dict[s
         if value not in choices:
             raise ValueError(f"expected one of {', '.join(choices)}")
         return {name: value}
+
+    return parse
+
+
+def _keys_file_field(text: str) -> dict[str, Any]:
+    """A per-subsystem keys file, parsed now so a bad line fails start-up, not a register."""
+    if not text.strip():
+        return {"api_keys_file": None}
+    path = Path(text.strip())
+    load_keys_file(path)
+    return {"api_keys_file": path}
+
+
+def _bool_field(name: str) -> Callable[[str], dict[str, Any]]:
+    def parse(text: str) -> dict[str, Any]:
+        value = text.strip().lower()
+        if value in ("1", "true", "yes", "on"):
+            return {name: True}
+        if value in ("", "0", "false", "no", "off"):
+            return {name: False}
+        raise ValueError("expected true or false")
+
+    return parse
+
+
+def _host_rules_field(name: str) -> Callable[[str], dict[str, Any]]:
+    def parse(text: str) -> dict[str, Any]:
+        return {name: tuple(rule.text for rule in parse_host_rules(text))}
 
     return parse
 
@@ -394,5 +433,39 @@ SETTINGS: tuple[Setting, ...] = (
         "debug, info, warning, error or critical",
         _choice_field("log_level", LOG_LEVELS),
         ("log_level",),
+    ),
+    Setting(
+        "GATEWAY_API_KEYS_FILE",
+        "--api-keys-file",
+        "",
+        "file of `<subsystem id or fnmatch pattern> <key>` lines: per-subsystem keys",
+        _keys_file_field,
+        ("api_keys_file",),
+    ),
+    Setting(
+        "GATEWAY_READ_ONLY",
+        "--read-only",
+        "false",
+        "true: every action rpc (retry, cancel, pause, resume, skip, bulk, reindex) is "
+        "refused with permission_denied",
+        _bool_field("read_only"),
+        ("read_only",),
+    ),
+    Setting(
+        "GATEWAY_ENDPOINT_ALLOW",
+        "--endpoint-allow",
+        "",
+        "comma-separated hosts and CIDRs; when set, only matching subsystem endpoints are accepted",
+        _host_rules_field("endpoint_allow"),
+        ("endpoint_allow",),
+    ),
+    Setting(
+        "GATEWAY_ENDPOINT_DENY",
+        "--endpoint-deny",
+        "",
+        "comma-separated hosts and CIDRs refused as subsystem endpoints, on top of the "
+        "built-in rules",
+        _host_rules_field("endpoint_deny"),
+        ("endpoint_deny",),
     ),
 )

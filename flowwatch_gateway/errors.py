@@ -63,8 +63,17 @@ ANSWER_CODES = frozenset(
 # speak HTTP/2, as opposed to answering over it with an error.
 NEGOTIATION_FAILURE_CODES = frozenset({Code.UNAVAILABLE, Code.UNKNOWN, Code.INTERNAL})
 
-# The gateway refused a registration: retrying quickly cannot fix it.
-REJECTION_CODES = frozenset({Code.UNAUTHENTICATED, Code.PERMISSION_DENIED, Code.INVALID_ARGUMENT})
+# The gateway refused a registration: retrying quickly cannot fix it. ALREADY_EXISTS:
+# another live process holds the subsystem id; retrying at the slowest pace keeps such
+# a pair to a few attempts a minute, and takes the id over once the holder is stale.
+REJECTION_CODES = frozenset(
+    {
+        Code.UNAUTHENTICATED,
+        Code.PERMISSION_DENIED,
+        Code.INVALID_ARGUMENT,
+        Code.ALREADY_EXISTS,
+    }
+)
 
 
 def describe_failure(exc: ConnectError) -> str:

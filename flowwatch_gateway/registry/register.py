@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
+import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 
 from connectrpc.code import Code
@@ -32,7 +33,13 @@ from flowwatch_gateway.gen.flowwatch.v1.gateway_service_pb2 import (
     SubsystemMessage,
 )
 from flowwatch_gateway.registry.base import Registry, SubsystemInstance
-from flowwatch_gateway.registry.validation import validate_register_request
+from flowwatch_gateway.registry.endpoints import EndpointPolicy, endpoint_refusal, parse_host_rules
+from flowwatch_gateway.registry.keys import ApiKeys, load_keys_file
+from flowwatch_gateway.registry.validation import (
+    REGISTER_READ_MAX_BYTES,
+    takeover_refusal,
+    validate_register_request,
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +49,33 @@ REASON_REPLACED = "replaced by a newer registration of the same subsystem id"
 REASON_EXPIRED = "registration expired: stale for longer than the grace period"
 REASON_SHUTDOWN = "gateway shutting down"
 
+# A refused takeover is logged once per (id, holder, claimant) in this window; the
+# claimant retries for as long as both run, and one line says all there is to say.
+REFUSAL_LOG_INTERVAL_S = 600.0
+REFUSAL_LOG_MAX_PAIRS = 1024
+
+
+class _OncePerPair:
+    """Rate-limits a log line per key; remembers a bounded number of keys."""
+
+    def __init__(self, interval: float, max_keys: int) -> None:
+        self._interval = interval
+        self._max_keys = max_keys
+        self._last: OrderedDict[tuple[str, ...], tuple[float, int]] = OrderedDict()
+
+    def should_log(self, key: tuple[str, ...]) -> int | None:
+        """None to stay quiet; otherwise how many attempts were suppressed since last time."""
+        now = time.monotonic()
+        seen = self._last.get(key)
+        if seen is not None and now - seen[0] < self._interval:
+            self._last[key] = (seen[0], seen[1] + 1)
+            return None
+        self._last[key] = (now, 0)
+        self._last.move_to_end(key)
+        while len(self._last) > self._max_keys:
+            self._last.popitem(last=False)
+        return 0 if seen is None else seen[1]
+
 
 class _Session:
     """One accepted Register stream; lets others ask it to send a disconnect and end."""
@@ -50,6 +84,7 @@ class _Session:
         self.subsystem_id = instance.id
         self.epoch = instance.epoch
         self.close_reason: str | None = None
+        self.error: ConnectError | None = None
         self.closing = asyncio.Event()
         self.finished = asyncio.Event()
 
@@ -63,12 +98,33 @@ class _Session:
 class RegisterService(gateway_service_connect.GatewayService):
     """Implements GatewayService and follows registry removals to close dead streams."""
 
-    def __init__(self, registry: Registry, config: GatewayConfig) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        config: GatewayConfig,
+        *,
+        endpoint_policy: EndpointPolicy | None = None,
+    ) -> None:
         self._registry = registry
-        self._api_key = config.api_key
+        entries = load_keys_file(config.api_keys_file) if config.api_keys_file else ()
+        self._keys = ApiKeys(config.api_key, entries)
+        self.endpoint_policy = endpoint_policy or EndpointPolicy.for_listener(
+            config.host,
+            config.port,
+            allow=parse_host_rules(",".join(config.endpoint_allow)),
+            deny=parse_host_rules(",".join(config.endpoint_deny)),
+        )
         self._heartbeat = config.heartbeat
         self._sessions: dict[str, _Session] = {}
         self._draining = False
+        self._refusals = _OncePerPair(REFUSAL_LOG_INTERVAL_S, REFUSAL_LOG_MAX_PAIRS)
+        if self._keys.open:
+            log.warning(
+                "REGISTRATION IS OPEN TO ANYONE: no GATEWAY_API_KEY or GATEWAY_API_KEYS_FILE "
+                "is set, so any client that reaches this port can register any subsystem id "
+                "and receive its traffic, including actions. Set one of them outside a "
+                "trusted development network."
+            )
 
     # --- GatewayService --------------------------------------------------------------
     async def register(
@@ -89,18 +145,41 @@ class RegisterService(gateway_service_connect.GatewayService):
             raise ConnectError(
                 Code.UNAVAILABLE, "the gateway is shutting down; register again shortly"
             )
-        if not self._api_key_matches(registration.api_key):
+        if not self._keys.accepts(registration.subsystem_id, registration.api_key):
             log.info(
                 "subsystem rejected: id=%s name=%s endpoint=%s reason=invalid API key",
-                registration.subsystem_id,
-                registration.subsystem_name,
-                registration.flowwatch_endpoint,
+                registration.subsystem_id[:80],
+                registration.subsystem_name[:80],
+                registration.flowwatch_endpoint[:200],
             )
             yield GatewayMessage(
                 registered=RegisterResponse(accepted=False, reject_reason="invalid API key")
             )
             raise ConnectError(Code.UNAUTHENTICATED, "invalid API key")
         validate_register_request(registration)
+        endpoint = registration.flowwatch_endpoint
+        refusal = await endpoint_refusal(self.endpoint_policy, endpoint)
+        if refusal is not None:
+            log.info(
+                "subsystem rejected: id=%s endpoint=%s reason=%s",
+                registration.subsystem_id,
+                endpoint,
+                refusal,
+            )
+            raise ConnectError(
+                Code.PERMISSION_DENIED,
+                f"RegisterRequest.flowwatch_endpoint {endpoint!r} is refused: {refusal}",
+            )
+        # Decided after the last await, so no registration can slip in between.
+        holder = self._registry.get(registration.subsystem_id)
+        conflict = takeover_refusal(holder, registration)
+        if conflict is not None:
+            assert holder is not None
+            self._log_takeover_refused(holder, endpoint)
+            yield GatewayMessage(
+                registered=RegisterResponse(accepted=False, reject_reason=conflict)
+            )
+            raise ConnectError(Code.ALREADY_EXISTS, conflict)
 
         instance = self._registry.register(registration)
         session = self._open_session(instance)
@@ -124,6 +203,8 @@ class RegisterService(gateway_service_connect.GatewayService):
                     await asyncio.wait_for(session.closing.wait(), self._heartbeat)
                 if not session.closing.is_set():
                     yield GatewayMessage(ping=Heartbeat(timestamp=_now()))
+            if session.error is not None:
+                raise session.error
             if session.close_reason is not None:
                 yield GatewayMessage(disconnect=DisconnectCommand(reason=session.close_reason))
         finally:
@@ -167,10 +248,20 @@ class RegisterService(gateway_service_connect.GatewayService):
         log.info("disconnected %d subsystem stream(s): %s", len(sessions), reason)
 
     # --- internals -------------------------------------------------------------------
-    def _api_key_matches(self, presented: str) -> bool:
-        if not self._api_key:
-            return True
-        return hmac.compare_digest(presented.encode(), self._api_key.encode())
+    def _log_takeover_refused(self, holder: SubsystemInstance, claimant: str) -> None:
+        suppressed = self._refusals.should_log((holder.id, holder.endpoint, claimant))
+        if suppressed is None:
+            return
+        log.warning(
+            "subsystem rejected: id=%s endpoint=%s reason=id held by connected %s "
+            "(%d more attempt(s) from this pair since the last report; reported at most "
+            "every %.0fs)",
+            holder.id,
+            claimant,
+            holder.endpoint,
+            suppressed,
+            REFUSAL_LOG_INTERVAL_S,
+        )
 
     def _open_session(self, instance: SubsystemInstance) -> _Session:
         previous = self._sessions.get(instance.id)
@@ -203,6 +294,15 @@ class RegisterService(gateway_service_connect.GatewayService):
                     if not self._registry.record_heartbeat(session.subsystem_id, session.epoch):
                         session.close(REASON_EXPIRED)
                         return
+                elif kind == "register":
+                    session.error = ConnectError(
+                        Code.FAILED_PRECONDITION,
+                        "a second RegisterRequest on one Register stream: this stream is "
+                        f"already registered as {session.subsystem_id!r}. To change the "
+                        "registration, close the stream and open a new one",
+                    )
+                    session.close(None)
+                    return
                 else:
                     log.warning(
                         "ignoring %s on the register stream of %s: only pongs may follow "
@@ -252,4 +352,6 @@ def gateway_asgi_app(
     service: RegisterService,
 ) -> gateway_service_connect.GatewayServiceASGIApplication:
     """The Connect ASGI app for GatewayService, to be mounted at its `.path`."""
-    return gateway_service_connect.GatewayServiceASGIApplication(service)
+    return gateway_service_connect.GatewayServiceASGIApplication(
+        service, read_max_bytes=REGISTER_READ_MAX_BYTES
+    )

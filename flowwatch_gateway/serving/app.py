@@ -27,6 +27,7 @@ from flowwatch_gateway.registry.memory import InMemoryRegistry
 from flowwatch_gateway.registry.register import REASON_SHUTDOWN, RegisterService, gateway_asgi_app
 from flowwatch_gateway.serving.asgi_guard import GuardReceiveAfterBody
 from flowwatch_gateway.serving.control import serve_control_socket
+from flowwatch_gateway.serving.guards import ReadOnlyActions, RequireHttp2
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +111,7 @@ def create_app(
     routes: list[BaseRoute] = [
         Route("/healthz", healthz, methods=["GET", "HEAD"]),
         Route("/readyz", readyz, methods=["GET", "HEAD"]),
-        Mount(gateway_app.path, gateway_app),
+        Mount(gateway_app.path, RequireHttp2(gateway_app)),
         *flowwatch_routes(gateway.backends()),
     ]
     app = Starlette(
@@ -125,6 +126,8 @@ def create_app(
                 expose_headers=list(CORS_EXPOSE_HEADERS),
                 max_age=CORS_MAX_AGE_SECONDS,
             ),
+            # Inside CORS, so a browser can read the refusal.
+            *([Middleware(ReadOnlyActions)] if config.read_only else []),
         ],
         lifespan=lifespan,
     )
