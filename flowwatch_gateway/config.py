@@ -24,6 +24,8 @@ ServerKind = Literal["pyvoy", "uvicorn"]
 SERVER_KINDS: tuple[ServerKind, ...] = ("pyvoy", "uvicorn")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 ALL_INTERFACES = "0.0.0.0"
+# Settings whose values are never logged or shown.
+SECRET_FIELDS = ("api_key", "cursor_key")
 
 
 class ConfigError(ValueError):
@@ -106,6 +108,8 @@ class GatewayConfig:
     read_only: bool = False
     endpoint_allow: tuple[str, ...] = ()
     endpoint_deny: tuple[str, ...] = ()
+    cursor_key: str = ""
+    fanout_concurrency: int = 64
 
     def __post_init__(self) -> None:
         _check(1 <= self.port <= 65535, "port", self.port, "must be between 1 and 65535")
@@ -118,6 +122,12 @@ class GatewayConfig:
             "must be greater than 0",
         )
         _check(self.run_cache_size > 0, "run_cache_size", self.run_cache_size, "must be at least 1")
+        _check(
+            self.fanout_concurrency > 0,
+            "fanout_concurrency",
+            self.fanout_concurrency,
+            "must be at least 1",
+        )
         _check(self.server in SERVER_KINDS, "server", self.server, "must be pyvoy or uvicorn")
         _check(
             self.log_level in LOG_LEVELS,
@@ -195,15 +205,17 @@ class GatewayConfig:
             "GATEWAY_READ_ONLY": "true" if self.read_only else "false",
             "GATEWAY_ENDPOINT_ALLOW": ",".join(self.endpoint_allow),
             "GATEWAY_ENDPOINT_DENY": ",".join(self.endpoint_deny),
+            "GATEWAY_CURSOR_KEY": self.cursor_key,
+            "GATEWAY_FANOUT_CONCURRENCY": str(self.fanout_concurrency),
         }
         return env
 
     def describe(self) -> str:
-        """One log line with the effective settings; the API key is never shown."""
+        """One log line with the effective settings; secrets are never shown."""
         parts = []
         for field in fields(self):
             value = getattr(self, field.name)
-            if field.name == "api_key":
+            if field.name in SECRET_FIELDS:
                 value = "set" if value else "unset"
             elif isinstance(value, float):
                 value = f"{value:g}s"
@@ -467,5 +479,22 @@ SETTINGS: tuple[Setting, ...] = (
         "built-in rules",
         _host_rules_field("endpoint_deny"),
         ("endpoint_deny",),
+    ),
+    Setting(
+        "GATEWAY_CURSOR_KEY",
+        "--cursor-key",
+        "",
+        "secret that signs paging cursors; give every replica the same one (default: "
+        "random per process, so cursors do not survive a restart)",
+        lambda text: {"cursor_key": text},
+        ("cursor_key",),
+    ),
+    Setting(
+        "GATEWAY_FANOUT_CONCURRENCY",
+        "--fanout-concurrency",
+        "64",
+        "most subsystems one gateway call asks at the same time",
+        _positive_int_field("fanout_concurrency"),
+        ("fanout_concurrency",),
     ),
 )

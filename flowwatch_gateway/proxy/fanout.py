@@ -248,8 +248,15 @@ class FanOut:
         call: UpstreamCall[T],
         ids: Iterable[str] | None = None,
     ) -> dict[str, T]:
-        """Fan out to connected subsystems; returns answers, names failures; all fail -> error."""
-        result: Gathered[T] = await gather(self.targets(rpc, ctx, ids), call, self.timeout_ms(ctx))
+        """Fan out to connected subsystems; returns answers, names failures; all fail -> error.
+
+        With no connected subsystem the answer is empty, not an error: a fresh gateway's
+        dashboard shows "nothing yet", and stale subsystems are named as missing.
+        """
+        wanted = None if ids is None else list(ids)
+        targets = self.connected(wanted)
+        self.note_stale(ctx, wanted)
+        result: Gathered[T] = await gather(targets, call, self.timeout_ms(ctx))
         result.report(ctx, rpc)
         result.raise_if_all_failed(rpc)
         return result.answers

@@ -8,6 +8,7 @@ workflow). `Gateway.backends()` is what the Connect service layer serves.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Mapping
 
 from flowwatch_gateway.config import GatewayConfig
@@ -40,11 +41,13 @@ class Gateway:
         )
         fan = FanOut(registry, self.pool, config.upstream_timeout)
         self.router = Router(registry, self.pool, fan, config.run_cache_size)
-        self.workflows = WorkflowsProxy(registry, fan, self.router)
-        self.runs = RunsProxy(registry, self.pool, fan, self.router)
+        # Signs every cursor; random unless the operator shares one between replicas.
+        cursor_key = config.cursor_key.encode() or secrets.token_bytes(32)
+        self.workflows = WorkflowsProxy(registry, fan, self.router, cursor_key=cursor_key)
+        self.runs = RunsProxy(registry, self.pool, fan, self.router, cursor_key=cursor_key)
         self.analytics = AnalyticsProxy(registry, fan)
         self.streams = StreamsProxy(registry, self.pool, fan, self.router)
-        self.search = SearchProxy(registry, fan, self.router)
+        self.search = SearchProxy(registry, fan, self.router, cursor_key=cursor_key)
 
     def backends(self) -> Mapping[str, object]:
         """Each FlowWatch service's implementation, by service name."""

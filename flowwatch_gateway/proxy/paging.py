@@ -1,10 +1,15 @@
 """Every cursor the gateway issues, in one place: the sealed envelope and its formats.
 
-A gateway cursor is `<version>.<base64url payload>.<checksum>`. Versions: `g1`
-ListRuns (per-subsystem paging state), `l1` an offset into a merged list
-(ListWorkflows), `s1` an offset into merged search results. A cursor of one kind is
-refused where another is expected, and every refusal is `invalid_argument`
-(CursorError) with a message that says to start again without a cursor.
+A gateway cursor is `<version>.<base64url payload>.<checksum>`. Versions: `g2`
+ListRuns (the sort key of the last run handed out: its size does not grow with the
+number of subsystems), `l1` an offset into a merged list (ListWorkflows), `s1` an
+offset into merged search results. A cursor of one kind is refused where another is
+expected, and every refusal is `invalid_argument` (CursorError) with a message that
+says to start again without a cursor.
+
+The checksum is an HMAC-SHA256 prefix keyed with the gateway's cursor key (random
+per process unless GATEWAY_CURSOR_KEY sets one for every replica), so a client
+cannot mint cursors: what a cursor carries is relayed to subsystems as a filter.
 """
 
 from __future__ import annotations
@@ -20,15 +25,16 @@ from typing import Any, TypeGuard
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 
-from flowwatch_gateway.api.ordering import OrderField
+from flowwatch_gateway.api.ordering import OrderField, RunSortKey
 from flowwatch_gateway.gen.flowwatch.v1 import run_service_pb2
 
-CURSOR_VERSION = "g1"
+CURSOR_VERSION = "g2"
 LIST_CURSOR_VERSION = "l1"
 SEARCH_CURSOR_VERSION = "s1"
 
 
-MAX_CURSOR_CHARS = 65536
+# Longer than any cursor this gateway issues (about 150 characters plus one run id).
+MAX_CURSOR_CHARS = 4096
 
 
 NOT_ISSUED_MESSAGE = "cursor is not one this gateway issued; start again without a cursor"
@@ -45,21 +51,16 @@ class CursorError(ConnectError):
 
 
 @dataclass(frozen=True)
-class InstanceCursor:
-    """Where one instance stands: its page cursor, runs of that page already sent, its total."""
-
-    upstream_cursor: str
-    skip: int
-    exhausted: bool
-    total: int
-
-
-@dataclass(frozen=True)
 class ListRunsCursor:
-    """Gateway paging state; `query` fingerprints the filter and order it belongs to."""
+    """Where a ListRuns paging stands: after `after`, in the query `query` fingerprints.
+
+    `after` is the sort key (primary value, started_at ns, run id) of the last run
+    handed out; `total` is the total count the first page reported.
+    """
 
     query: str
-    instances: dict[str, InstanceCursor]
+    after: RunSortKey
+    total: int
 
 
 def query_fingerprint(
@@ -76,29 +77,23 @@ def query_fingerprint(
     return _b64encode(digest.digest()[:12])
 
 
-def encode_cursor(cursor: ListRunsCursor, *, secret: bytes = b"") -> str:
-    """`g1.<base64url compact JSON>.<checksum>` (see seal_token): url-safe, deterministic."""
-    entries = [
-        [instance_id, state.upstream_cursor, state.skip, int(state.exhausted), state.total]
-        for instance_id, state in sorted(cursor.instances.items())
-    ]
+def encode_cursor(cursor: ListRunsCursor, *, secret: bytes) -> str:
+    """`g2.<base64url compact JSON>.<checksum>` (see seal_token): url-safe, deterministic."""
+    primary, started, run_id = cursor.after
     payload = json.dumps(
-        {"q": cursor.query, "i": entries}, separators=(",", ":"), ensure_ascii=True
+        {"q": cursor.query, "k": [primary, started, run_id], "t": cursor.total},
+        separators=(",", ":"),
+        ensure_ascii=True,
     ).encode()
     return seal_token(CURSOR_VERSION, payload, secret=secret)
 
 
-def decode_cursor(token: str, *, secret: bytes = b"") -> ListRunsCursor:
+def decode_cursor(token: str, *, secret: bytes) -> ListRunsCursor:
     """Parse a cursor from encode_cursor; anything else raises CursorError."""
-    payload = unseal_token(token, CURSOR_VERSION, secret=secret)
-    try:
-        document = json.loads(payload)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise CursorError(NOT_ISSUED_MESSAGE) from exc
-    return _cursor_from_document(document)
+    return _cursor_from_document(_json_document(unseal_token(token, CURSOR_VERSION, secret=secret)))
 
 
-def resume_cursor(token: str, query: str, *, secret: bytes = b"") -> ListRunsCursor | None:
+def resume_cursor(token: str, query: str, *, secret: bytes) -> ListRunsCursor | None:
     """The state to continue from for a request's cursor; None for "" (first page).
 
     Raises CursorError for a cursor not issued by the gateway or issued for a
@@ -115,18 +110,13 @@ def resume_cursor(token: str, query: str, *, secret: bytes = b"") -> ListRunsCur
     return state
 
 
-def seal_token(version: str, payload: bytes, *, secret: bytes = b"") -> str:
-    """`<version>.<base64url payload>.<checksum>`: the envelope of every gateway cursor.
-
-    The checksum is an HMAC-SHA256 prefix over version and body; with the default
-    empty secret it catches corruption and casual edits, with a secret it also
-    stops forgery.
-    """
+def seal_token(version: str, payload: bytes, *, secret: bytes) -> str:
+    """`<version>.<base64url payload>.<checksum>`: the envelope of every gateway cursor."""
     body = _b64encode(payload)
     return f"{version}.{body}.{_checksum(version, body, secret)}"
 
 
-def unseal_token(token: str, version: str, *, secret: bytes = b"") -> bytes:
+def unseal_token(token: str, version: str, *, secret: bytes) -> bytes:
     """The payload of a token from seal_token with this version; CursorError otherwise."""
     if len(token) > MAX_CURSOR_CHARS:
         raise CursorError(NOT_ISSUED_MESSAGE)
@@ -147,30 +137,23 @@ def unseal_token(token: str, version: str, *, secret: bytes = b"") -> bytes:
         raise CursorError(NOT_ISSUED_MESSAGE) from exc
 
 
-def _cursor_from_document(document: Any) -> ListRunsCursor:
+def _cursor_from_document(document: dict[str, Any]) -> ListRunsCursor:
     """Validate the decoded JSON strictly: a checksum match is not proof of shape."""
-    if not isinstance(document, dict) or set(document) != {"q", "i"}:
+    if set(document) != {"q", "k", "t"}:
         raise CursorError(NOT_ISSUED_MESSAGE)
-    query, entries = document["q"], document["i"]
-    if not isinstance(query, str) or not isinstance(entries, list):
+    query, key, total = document["q"], document["k"], document["t"]
+    if not isinstance(query, str) or not _is_count(total) or not isinstance(key, list):
         raise CursorError(NOT_ISSUED_MESSAGE)
-    instances: dict[str, InstanceCursor] = {}
-    for entry in entries:
-        if not isinstance(entry, list) or len(entry) != 5:
-            raise CursorError(NOT_ISSUED_MESSAGE)
-        instance_id, upstream, skip, exhausted, total = entry
-        if (
-            not isinstance(instance_id, str)
-            or not isinstance(upstream, str)
-            or not _is_count(skip)
-            or exhausted not in (0, 1)
-            or isinstance(exhausted, bool)
-            or not _is_count(total)
-            or instance_id in instances
-        ):
-            raise CursorError(NOT_ISSUED_MESSAGE)
-        instances[instance_id] = InstanceCursor(upstream, skip, bool(exhausted), total)
-    return ListRunsCursor(query, instances)
+    if len(key) != 3:
+        raise CursorError(NOT_ISSUED_MESSAGE)
+    primary, started, run_id = key
+    if not _is_int(primary) or not _is_int(started) or not isinstance(run_id, str):
+        raise CursorError(NOT_ISSUED_MESSAGE)
+    return ListRunsCursor(query, (primary, started, run_id), total)
+
+
+def _is_int(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _is_count(value: object) -> TypeGuard[int]:
@@ -201,25 +184,26 @@ def _b64decode(text: str) -> bytes:
 # --------------------------------------------------------------------------- offsets
 
 
-def offset_cursor(offset: int, *, query: str | None = None) -> str:
+def offset_cursor(offset: int, *, secret: bytes, query: str | None = None) -> str:
     """An `l1` cursor (offset into a merged list) or, with `query`, an `s1` search cursor."""
     if query is None:
-        return seal_token(LIST_CURSOR_VERSION, json.dumps({"o": offset}).encode())
-    return seal_token(SEARCH_CURSOR_VERSION, json.dumps({"o": offset, "q": query}).encode())
+        return seal_token(LIST_CURSOR_VERSION, json.dumps({"o": offset}).encode(), secret=secret)
+    document = {"o": offset, "q": query}
+    return seal_token(SEARCH_CURSOR_VERSION, json.dumps(document).encode(), secret=secret)
 
 
-def decode_offset_cursor(token: str) -> int:
+def decode_offset_cursor(token: str, *, secret: bytes) -> int:
     """The offset of an `l1` cursor; CursorError for anything else."""
-    document = _json_document(unseal_token(token, LIST_CURSOR_VERSION))
+    document = _json_document(unseal_token(token, LIST_CURSOR_VERSION, secret=secret))
     value = document.get("o")
     if not _is_count(value):
         raise CursorError(NOT_ISSUED_MESSAGE)
     return value
 
 
-def decode_search_cursor(token: str, query: str) -> int:
+def decode_search_cursor(token: str, query: str, *, secret: bytes) -> int:
     """The offset of an `s1` cursor issued for `query`; CursorError for anything else."""
-    document = _json_document(unseal_token(token, SEARCH_CURSOR_VERSION))
+    document = _json_document(unseal_token(token, SEARCH_CURSOR_VERSION, secret=secret))
     offset = document.get("o")
     if set(document) != {"o", "q"} or not _is_count(offset):
         raise CursorError(NOT_ISSUED_MESSAGE)

@@ -1,6 +1,8 @@
 """RunService through the gateway: the merged run list, per-run calls and bulk actions.
 
-ListRuns fans out and k-way merges with a gateway cursor (merge/runs.py, paging.py).
+ListRuns fans out and merges by keyset: the cursor holds the last run's sort key
+(paging.py), each subsystem is read past it (run_reader.py), and a k-way merge picks
+the page (merge/runs.py). Every run handed out names its subsystem.
 The ten per-run rpcs are one table: each goes to the run's owner (router.py), and
 those that change state are never broadcast. Bulk actions are split by owner.
 """
@@ -18,16 +20,17 @@ from google.protobuf.message import Message
 
 from flowwatch_gateway.api.context import CallContext
 from flowwatch_gateway.api.limits import effective_page_size
-from flowwatch_gateway.api.ordering import resolve_order
+from flowwatch_gateway.api.ordering import resolve_order, run_sort_key
 from flowwatch_gateway.gen.flowwatch.v1 import run_service_pb2 as runs
 from flowwatch_gateway.gen.flowwatch.v1 import types_pb2 as types
 from flowwatch_gateway.proxy import paging
-from flowwatch_gateway.proxy.fanout import FanOut, all_failed_error, gather, routed_error
+from flowwatch_gateway.proxy.fanout import FanOut, gather, routed_error
 from flowwatch_gateway.proxy.merge import runs as run_merge
 from flowwatch_gateway.proxy.pool import UpstreamPool
 from flowwatch_gateway.proxy.router import Router
+from flowwatch_gateway.proxy.run_reader import MAX_PAGES, Page, Reading, read_after
 from flowwatch_gateway.proxy.upstream import UpstreamClients
-from flowwatch_gateway.registry.base import Registry
+from flowwatch_gateway.registry.base import Registry, SubsystemInstance
 
 __all__ = ["PER_RUN_RPCS", "PerRunRpc", "RunsProxy"]
 
@@ -75,8 +78,20 @@ class RunsProxy:
     resume_run: PerRunHandler
     skip_step: PerRunHandler
 
-    def __init__(self, registry: Registry, pool: UpstreamPool, fan: FanOut, router: Router) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        pool: UpstreamPool,
+        fan: FanOut,
+        router: Router,
+        *,
+        cursor_key: bytes,
+    ) -> None:
         self._registry = registry
+        self._secret = cursor_key
+        # Per subsystem: whether its pages came in order across a page boundary.
+        self._page_order: dict[str, bool] = {}
+        registry.add_listener(self)
         self._pool = pool
         self._fan = fan
         self._router = router
@@ -93,6 +108,8 @@ class RunsProxy:
             owner, answer = await self._router.on_run_owner(
                 rpc.name, request.run_id, ctx, call, locate_first=rpc.changes_state
             )
+            if isinstance(answer, runs.GetRunResponse) and answer.HasField("run"):
+                run_merge.owned(answer.run, owner)
             new_run_id = getattr(answer, "new_run_id", "")
             if new_run_id:  # a retry's new run lives where the original did
                 self._router.owners.put(new_run_id, owner)
@@ -113,60 +130,69 @@ class RunsProxy:
     async def list_runs(
         self, request: runs.ListRunsRequest, ctx: CallContext
     ) -> runs.ListRunsResponse:
+        """One page of every subsystem's runs merged in order (keyset paging, run_reader.py)."""
         field, descending = resolve_order(request.order_by, request.descending)
         limit = effective_page_size(request.pagination.limit)
         query = paging.query_fingerprint(request.filter, field, descending)
-        state = paging.resume_cursor(request.pagination.cursor, query)
-        available = [clients.instance_id for clients in self._fan.connected()]
-        if state is None:
-            wanted = set(self._list_targets(request.filter))
-            self._fan.note_stale(ctx, wanted)
-            fetches = run_merge.plan_fetches(None, [i for i in available if i in wanted], limit)
-        else:
-            fetches = run_merge.plan_fetches(state, available, limit)
-        if not fetches and (state is None or not available):
-            raise ConnectError(
-                Code.UNAVAILABLE, "ListRuns: no subsystem is connected to the gateway"
-            )
+        state = paging.resume_cursor(request.pagination.cursor, query, secret=self._secret)
+        after = None if state is None else state.after
+        wanted = self._list_targets(request.filter)
+        self._fan.note_stale(ctx, wanted)
+        targets = self._fan.connected(wanted)
+        upstream_filter = run_merge.narrow_filter(request.filter, field, descending, after)
 
-        async def fetch(c: UpstreamClients, timeout_ms: int) -> run_merge.InstancePage:
-            plan = fetches[c.instance_id]
-            upstream = runs.ListRunsRequest(
-                filter=request.filter,
-                pagination=types.PaginationRequest(cursor=plan.upstream_cursor, limit=plan.limit),
-                order_by=field,
-                descending=descending,
-            )
-            answer = await c.runs.list_runs(upstream, timeout_ms=timeout_ms)
-            return run_merge.InstancePage(
-                runs=list(answer.runs),
-                next_cursor=answer.pagination.next_cursor,
-                total_count=answer.pagination.total_count,
-            )
+        async def read(c: UpstreamClients, timeout_ms: int) -> Reading:
+            async def fetch(cursor: str, page_limit: int) -> Page:
+                upstream = runs.ListRunsRequest(
+                    filter=upstream_filter,
+                    pagination=types.PaginationRequest(cursor=cursor, limit=page_limit),
+                    order_by=field,
+                    descending=descending,
+                )
+                answer = await c.runs.list_runs(upstream, timeout_ms=timeout_ms)
+                return Page(
+                    [run_merge.owned(run, c.instance_id) for run in answer.runs],
+                    answer.pagination.next_cursor,
+                    answer.pagination.total_count,
+                )
 
-        result = await gather(self._fan.connected(fetches), fetch, self._fan.timeout_ms(ctx))
+            known = self._page_order.get(c.instance_id)
+            return await read_after(fetch, after, limit, field, descending, known)
+
+        result = await gather(targets, read, self._fan.timeout_ms(ctx))
         result.report(ctx, "ListRuns")
-        merged = run_merge.merge_page(
-            state, fetches, result.answers, limit, field, descending, query=query
+        result.raise_if_all_failed("ListRuns")
+        for instance_id, reading in result.answers.items():
+            if reading.ordered is not None:
+                self._page_order[instance_id] = reading.ordered
+            if reading.truncated:
+                ctx.add_partial_failure(instance_id, f"more than {MAX_PAGES} pages out of order")
+        parts = {iid: reading.part for iid, reading in result.answers.items()}
+        emitted, more = run_merge.merge_after(parts, limit, field, descending)
+        total = (
+            sum(reading.total_count for reading in result.answers.values())
+            if state is None
+            else state.total
         )
-        for instance_id in merged.failed:
-            if instance_id not in ctx.partial_failures:
-                ctx.add_partial_failure(instance_id, "not connected")
-        if not result.answers and merged.failed:
-            # Nothing could be fetched: answering an empty page would loop a pager forever.
-            raise all_failed_error(
-                "ListRuns",
-                {iid: result.failures.get(iid, _NOT_CONNECTED) for iid in merged.failed},
+        next_cursor = ""
+        if more:
+            last = run_sort_key(emitted[-1][1], field)
+            next_cursor = paging.encode_cursor(
+                paging.ListRunsCursor(query, last, total), secret=self._secret
             )
-        for instance_id, run in merged.runs:
+        for instance_id, run in emitted:
             self._router.owners.put(run.id, instance_id)
         return runs.ListRunsResponse(
-            runs=[run for _, run in merged.runs],
-            pagination=types.PaginationResponse(
-                next_cursor=paging.encode_cursor(merged.next_state) if merged.next_state else "",
-                total_count=merged.total_count,
-            ),
+            runs=[run for _, run in emitted],
+            pagination=types.PaginationResponse(next_cursor=next_cursor, total_count=total),
         )
+
+    # --- registry listener: what was learned of a subsystem's paging starts over ----
+    def subsystem_registered(self, instance: SubsystemInstance) -> None:
+        self._page_order.pop(instance.id, None)
+
+    def subsystem_removed(self, instance: SubsystemInstance) -> None:
+        self._page_order.pop(instance.id, None)
 
     # --- bulk actions ----------------------------------------------------------------
     async def _bulk(

@@ -38,8 +38,11 @@ T = TypeVar("T")
 class SearchProxy:
     """The gateway's SearchService."""
 
-    def __init__(self, registry: Registry, fan: FanOut, router: Router) -> None:
+    def __init__(
+        self, registry: Registry, fan: FanOut, router: Router, *, cursor_key: bytes
+    ) -> None:
         self._registry = registry
+        self._secret = cursor_key
         self._fan = fan
         self._router = router
 
@@ -52,8 +55,15 @@ class SearchProxy:
         *,
         absent_codes: tuple[Code, ...] = (Code.UNIMPLEMENTED,),
     ) -> dict[str, T]:
-        """Fan out; instances answering one of `absent_codes` simply have nothing to add."""
-        targets = self._fan.targets(rpc, ctx, ids)
+        """Fan out; subsystems answering one of `absent_codes` simply have nothing to add.
+
+        No connected subsystem means an empty answer, as for every list.
+        """
+        wanted = None if ids is None else list(ids)
+        targets = self._fan.connected(wanted)
+        self._fan.note_stale(ctx, wanted)
+        if not targets:
+            return {}
         result: Gathered[T] = await gather(targets, call, self._fan.timeout_ms(ctx))
         if not result.answers:
             raise agreed_error(rpc, result.failures)
@@ -70,7 +80,7 @@ class SearchProxy:
         self, request: search_pb.SearchRequest, ctx: CallContext
     ) -> search_pb.SearchResponse:
         try:
-            page = merge_search.plan_search_page(request)
+            page = merge_search.plan_search_page(request, secret=self._secret)
         except CursorError as exc:
             raise ConnectError(Code.INVALID_ARGUMENT, f"Search: {exc.message}") from None
         upstream = search_pb.SearchRequest(
@@ -86,7 +96,7 @@ class SearchProxy:
         answers = await self._gather_search("Search", ctx, call)
         for instance_id, answer in answers.items():
             self._router.remember(instance_id, (r.run_id for r in answer.results))
-        return merge_search.merge_search(answers, page)
+        return merge_search.merge_search(answers, page, secret=self._secret)
 
     async def suggest(
         self, request: search_pb.SuggestRequest, ctx: CallContext

@@ -31,6 +31,7 @@ from flowwatch_gateway.errors import describe_failure
 from flowwatch_gateway.gen.flowwatch.v1 import stream_service_pb2 as stream
 from flowwatch_gateway.proxy.fanout import FanOut, agreed_error, routed_error
 from flowwatch_gateway.proxy.merge import live
+from flowwatch_gateway.proxy.merge.runs import owned
 from flowwatch_gateway.proxy.pool import UpstreamPool
 from flowwatch_gateway.proxy.router import Router
 from flowwatch_gateway.proxy.upstream import UpstreamClients
@@ -198,6 +199,8 @@ class StreamsProxy:
                 if found is None:
                     continue
                 instance_id, event = found
+                if event.HasField("run"):
+                    owned(event.run, instance_id)
                 if event.run.id:
                     self._router.owners.put(event.run.id, instance_id)
                 self._report_early_failures(fan_in, ctx)

@@ -16,6 +16,7 @@ from flowwatch_gateway.gen.flowwatch.v1 import types_pb2 as types
 from flowwatch_gateway.gen.flowwatch.v1 import workflow_service_pb2 as wf
 from flowwatch_gateway.proxy.fanout import FanOut, gather
 from flowwatch_gateway.proxy.merge import catalog, trace
+from flowwatch_gateway.proxy.merge.runs import owned
 from flowwatch_gateway.proxy.paging import CursorError
 from flowwatch_gateway.proxy.pool import fetch_all_workflows
 from flowwatch_gateway.proxy.router import Router
@@ -28,8 +29,11 @@ __all__ = ["WorkflowsProxy"]
 class WorkflowsProxy:
     """The gateway's WorkflowService."""
 
-    def __init__(self, registry: Registry, fan: FanOut, router: Router) -> None:
+    def __init__(
+        self, registry: Registry, fan: FanOut, router: Router, *, cursor_key: bytes
+    ) -> None:
         self._registry = registry
+        self._secret = cursor_key
         self._fan = fan
         self._router = router
 
@@ -43,7 +47,7 @@ class WorkflowsProxy:
         merged = [definition for _, definition in catalog.merge_workflows(answers)]
         try:
             page, next_cursor, total = catalog.paginate_list(
-                merged, request.pagination.cursor, request.pagination.limit
+                merged, request.pagination.cursor, request.pagination.limit, secret=self._secret
             )
         except CursorError as exc:
             raise ConnectError(Code.INVALID_ARGUMENT, f"ListWorkflows: {exc.message}") from None
@@ -123,6 +127,10 @@ class WorkflowsProxy:
 
         answers = await self._fan.gather("GetTrace", ctx, call)
         for instance_id, answer in answers.items():
+            for span in answer.spans:
+                span.subsystem_id = span.subsystem_id or instance_id
+                if span.HasField("run"):
+                    owned(span.run, span.subsystem_id)
             self._router.remember(instance_id, (span.run.id for span in answer.spans))
         merged = trace.merge_trace(request.trace_id, answers)
         if not merged.spans and not ctx.partial_failures:

@@ -6,7 +6,13 @@ import httpx
 import pytest
 
 from flowwatch_gateway.gen.flowwatch.v1 import types_pb2
-from tests.support.harness import TEST_API_KEY, GatewayProcess, register_client, register_request
+from tests.support.harness import (
+    TEST_API_KEY,
+    GatewayProcess,
+    register_client,
+    register_request,
+    start_gateway,
+)
 
 pytestmark = pytest.mark.anyio
 UI = "http://localhost:5173"
@@ -101,8 +107,25 @@ async def test_get_subsystem_and_capabilities_come_from_the_registry(
     assert "'nobody'" in missing.json()["message"]
 
 
-def test_list_runs_without_subsystems_is_unavailable(fast_gateway: GatewayProcess) -> None:
-    response = post(fast_gateway.url, "RunService/ListRuns", {})
-    assert response.status_code == 503
-    assert response.json()["code"] == "unavailable"
-    assert "no subsystem is connected" in response.json()["message"]
+EMPTY_ANSWERS: dict[str, dict[str, object]] = {
+    "RunService/ListRuns": {},
+    "WorkflowService/ListWorkflows": {},
+    "WorkflowService/ListSubsystems": {},
+    "WorkflowService/GetCapabilities": {"capabilities": {}},
+    "AnalyticsService/GetThroughput": {},
+    "AnalyticsService/GetLatency": {},
+    "AnalyticsService/GetFailureRate": {},
+    "AnalyticsService/GetStepHeatmap": {},
+    "SearchService/Search": {"facets": {}},
+}
+
+
+def test_a_gateway_without_subsystems_answers_lists_and_analytics_empty() -> None:
+    """A fresh deployment's dashboard shows "nothing yet", not errors."""
+    with start_gateway(server="uvicorn") as gateway:
+        for rpc, empty in EMPTY_ANSWERS.items():
+            response = post(gateway.url, rpc, {})
+            assert response.status_code == 200, f"{rpc}: {response.text}"
+            body = response.json()
+            assert {k: v for k, v in body.items() if k != "pagination"} == empty, rpc
+            assert not body.get("pagination", {}).get("nextCursor"), rpc

@@ -32,12 +32,13 @@ from flowwatch_gateway.proxy.merge.runs import NO_ANSWER_ERROR, merge_bulk_resul
 from flowwatch_gateway.proxy.merge.trace import merge_trace
 from flowwatch_gateway.proxy.paging import (
     CursorError,
-    InstanceCursor,
     ListRunsCursor,
     encode_cursor,
 )
 
 EPOCH = 1_700_000_000
+
+KEY = b"cursor-key-for-tests"
 
 
 def ts(offset_s: int) -> timestamp_pb2.Timestamp:
@@ -87,7 +88,7 @@ def test_paginate_list_visits_every_item_once(size: int, limits: list[int]) -> N
     collected: list[int] = []
     cursor = ""
     for call in range(size + 2):
-        page, cursor, total = paginate_list(items, cursor, limits[call % len(limits)])
+        page, cursor, total = paginate_list(items, cursor, limits[call % len(limits)], secret=KEY)
         assert total == size
         collected.extend(page)
         if not cursor:
@@ -98,18 +99,21 @@ def test_paginate_list_visits_every_item_once(size: int, limits: list[int]) -> N
 
 def test_paginate_list_defaults_and_shrunk_list() -> None:
     items = list(range(50))
-    page, cursor, _ = paginate_list(items, "", 0)
+    page, cursor, _ = paginate_list(items, "", 0, secret=KEY)
     assert page == list(range(20))
-    page, cursor_after_shrink, total = paginate_list(items[:10], cursor, 5)
+    page, cursor_after_shrink, total = paginate_list(items[:10], cursor, 5, secret=KEY)
     assert (page, cursor_after_shrink, total) == ([], "", 10)
 
 
 def test_paginate_list_rejects_cursors_it_did_not_issue() -> None:
-    list_runs_cursor = encode_cursor(ListRunsCursor("q", {"a": InstanceCursor("", 0, False, 0)}))
-    _, good, _ = paginate_list(list(range(30)), "", 10)
-    for bad in ["20", "garbage", list_runs_cursor, good[:-1] + ("A" if good[-1] != "A" else "B")]:
+    list_runs_cursor = encode_cursor(ListRunsCursor("q", (1, 1, "r"), 0), secret=KEY)
+    _, good, _ = paginate_list(list(range(30)), "", 10, secret=KEY)
+    edited = good[:-1] + ("A" if good[-1] != "A" else "B")
+    for bad in ["20", "garbage", list_runs_cursor, edited]:
         with pytest.raises(CursorError):
-            paginate_list(list(range(30)), bad, 10)
+            paginate_list(list(range(30)), bad, 10, secret=KEY)
+    with pytest.raises(CursorError):  # signed by another gateway
+        paginate_list(list(range(30)), good, 10, secret=b"another key")
 
 
 # --------------------------------------------------------------------------- traces

@@ -16,6 +16,8 @@ from flowwatch_gateway.proxy.merge import live
 from flowwatch_gateway.proxy.merge import search as merge_search
 from flowwatch_gateway.proxy.paging import CursorError, offset_cursor
 
+KEY = b"cursor-key-for-tests"
+
 
 def result(result_id: str, score: float) -> search_pb.SearchResult:
     return search_pb.SearchResult(id=result_id, score=score, run_id=result_id.split(":")[-1])
@@ -81,9 +83,9 @@ def test_facets_add_per_key() -> None:
 
 
 def test_first_page_asks_each_instance_for_the_page_size() -> None:
-    page = merge_search.plan_search_page(request(limit=2))
+    page = merge_search.plan_search_page(request(limit=2), secret=KEY)
     assert (page.offset, page.size, page.upstream_limit) == (0, 2, 2)
-    assert merge_search.plan_search_page(request()).size == 20
+    assert merge_search.plan_search_page(request(), secret=KEY).size == 20
 
 
 def test_pages_walk_the_merged_list_without_repeats() -> None:
@@ -94,7 +96,7 @@ def test_pages_walk_the_merged_list_without_repeats() -> None:
     seen: list[str] = []
     cursor = ""
     for _ in range(5):
-        page = merge_search.plan_search_page(request(limit=2, cursor=cursor))
+        page = merge_search.plan_search_page(request(limit=2, cursor=cursor), secret=KEY)
         # Each instance answers its best `upstream_limit` results, as a subsystem would.
         responses = {
             iid: answer(
@@ -105,7 +107,7 @@ def test_pages_walk_the_merged_list_without_repeats() -> None:
             )
             for iid, items in full.items()
         }
-        merged = merge_search.merge_search(responses, page)
+        merged = merge_search.merge_search(responses, page, secret=KEY)
         assert merged.pagination.total_count == 5
         assert merged.query_ms == 11
         seen += [r.id for r in merged.results]
@@ -116,18 +118,18 @@ def test_pages_walk_the_merged_list_without_repeats() -> None:
 
 
 def test_last_page_has_no_cursor() -> None:
-    page = merge_search.plan_search_page(request(limit=5))
-    merged = merge_search.merge_search({"a": answer([result("x", 1.0)])}, page)
+    page = merge_search.plan_search_page(request(limit=5), secret=KEY)
+    merged = merge_search.merge_search({"a": answer([result("x", 1.0)])}, page, secret=KEY)
     assert [r.id for r in merged.results] == ["x"]
     assert merged.pagination.next_cursor == ""
 
 
 def test_paging_stops_at_the_window_but_totals_count_everything() -> None:
     items = [result(f"r{i:03}", 1000.0 - i) for i in range(100)]
-    cursor = offset_cursor(80, query=merge_search.search_fingerprint(request()))
-    page = merge_search.plan_search_page(request(limit=50, cursor=cursor))
+    cursor = offset_cursor(80, query=merge_search.search_fingerprint(request()), secret=KEY)
+    page = merge_search.plan_search_page(request(limit=50, cursor=cursor), secret=KEY)
     assert page.upstream_limit == merge_search.SEARCH_WINDOW
-    merged = merge_search.merge_search({"a": answer(items, total=500, more=True)}, page)
+    merged = merge_search.merge_search({"a": answer(items, total=500, more=True)}, page, secret=KEY)
     assert [r.id for r in merged.results] == [f"r{i:03}" for i in range(80, 100)]
     assert merged.pagination.next_cursor == ""
     assert merged.pagination.total_count == 500
@@ -137,22 +139,24 @@ def test_paging_stops_at_the_window_but_totals_count_everything() -> None:
     "cursor",
     [
         "20",  # a subsystem's own cursor
-        merge.paginate_list(list(range(30)), "", 10)[1],  # another gateway list cursor
-        offset_cursor(20, query="0000000000000000")[:-2] + "xx",  # edited
-        offset_cursor(0, query=merge_search.search_fingerprint(request())),  # never issued
+        merge.paginate_list(list(range(30)), "", 10, secret=KEY)[1],  # another gateway list cursor
+        offset_cursor(20, query="0000000000000000", secret=KEY)[:-2] + "xx",  # edited
+        offset_cursor(
+            0, query=merge_search.search_fingerprint(request()), secret=KEY
+        ),  # never issued
     ],
 )
 def test_foreign_cursors_are_invalid_argument(cursor: str) -> None:
     with pytest.raises(CursorError) as caught:
-        merge_search.plan_search_page(request(cursor=cursor))
+        merge_search.plan_search_page(request(cursor=cursor), secret=KEY)
     assert caught.value.code == Code.INVALID_ARGUMENT
 
 
 def test_a_cursor_only_continues_its_own_query() -> None:
-    cursor = offset_cursor(20, query=merge_search.search_fingerprint(request("error")))
-    assert merge_search.plan_search_page(request("error", cursor=cursor)).offset == 20
+    cursor = offset_cursor(20, query=merge_search.search_fingerprint(request("error")), secret=KEY)
+    assert merge_search.plan_search_page(request("error", cursor=cursor), secret=KEY).offset == 20
     with pytest.raises(CursorError, match="different query"):
-        merge_search.plan_search_page(request("timeout", cursor=cursor))
+        merge_search.plan_search_page(request("timeout", cursor=cursor), secret=KEY)
 
 
 # --------------------------------------------------------------------------- suggest

@@ -25,3 +25,9 @@ def timestamp_of(moment: datetime) -> timestamp_pb2.Timestamp:
     stamp = timestamp_pb2.Timestamp()
     stamp.FromDatetime(moment if moment.tzinfo else moment.replace(tzinfo=UTC))
     return stamp
+
+
+def timestamp_from_ns(nanoseconds: int) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromNanoseconds(nanoseconds)
+    return stamp

@@ -63,7 +63,9 @@ def merge_workflows(
     return merged
 
 
-def paginate_list(items: Sequence[T], cursor: str, limit: int) -> tuple[list[T], str, int]:
+def paginate_list(
+    items: Sequence[T], cursor: str, limit: int, *, secret: bytes
+) -> tuple[list[T], str, int]:
     """Offset paging of a small merged list: (page, next cursor or "", total).
 
     The cursor is opaque and versioned (`l1.<base64url offset>.<checksum>`), so a
@@ -71,13 +73,13 @@ def paginate_list(items: Sequence[T], cursor: str, limit: int) -> tuple[list[T],
     `limit` follows the FlowWatch defaults (0 means 20, at most 100). An offset past
     the end (the list shrank) gives an empty last page rather than an error.
     """
-    offset = decode_offset_cursor(cursor) if cursor else 0
+    offset = decode_offset_cursor(cursor, secret=secret) if cursor else 0
     size = effective_page_size(limit)
     page = list(items[offset : offset + size])
     end = offset + len(page)
     next_cursor = ""
     if end < len(items):
-        next_cursor = offset_cursor(end)
+        next_cursor = offset_cursor(end, secret=secret)
     return page, next_cursor, len(items)
 
 

@@ -1,157 +1,97 @@
-"""Merging runs: the k-way merge of several subsystems' ListRuns pages, and bulk results.
+"""Merging runs: one gateway page from several subsystems' runs, and bulk results.
 
-A gateway page is a merge of several subsystems' pages. To return every run exactly
-once, in order, without re-reading from the top, the gateway cursor records for
-each taking-part subsystem the subsystem's own cursor of the page it is in the
-middle of and how many runs of that page were already handed out (`skip`). Each call
-re-fetches that page once with a limit big enough to still hold `limit` unseen runs.
-Subsystem cursors are opaque strings and are never parsed.
+Keyset paging: a gateway page hands out the next `limit` runs after the last one it
+handed out before (the cursor keeps only that run's sort key). Each subsystem
+contributes the runs it holds past that key, sorted; a k-way merge takes the first
+`limit`. A subsystem that may hold further runs (it was not read to the end) stops
+the merge when its buffer runs dry, since its next run could sort before any other.
+Runs that change their sort key meanwhile (duration, status) can be missed or seen
+again on a later page, never twice on one page.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import heapq
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from flowwatch_gateway.api.limits import MAX_PAGE_SIZE
 from flowwatch_gateway.api.ordering import OrderField, RunSortKey, run_sort_key
-from flowwatch_gateway.gen.flowwatch.v1 import (
-    run_service_pb2 as runs,
-)
+from flowwatch_gateway.gen.flowwatch.v1 import run_service_pb2 as runs
 from flowwatch_gateway.gen.flowwatch.v1 import types_pb2
-from flowwatch_gateway.proxy.paging import InstanceCursor, ListRunsCursor
+from flowwatch_gateway.proxy.merge._protobuf import timestamp_from_ns
+
+__all__ = [
+    "NO_ANSWER_ERROR",
+    "SubsystemRuns",
+    "comes_after",
+    "merge_after",
+    "merge_bulk_results",
+    "narrow_filter",
+    "owned",
+]
+
+
+def owned(run: types_pb2.Run, instance_id: str) -> types_pb2.Run:
+    """The run, naming the subsystem that answered for it when it names none itself."""
+    if not run.subsystem_id:
+        run.subsystem_id = instance_id
+    return run
+
+
+def comes_after(key: RunSortKey, last: RunSortKey, descending: bool) -> bool:
+    """Whether a run with sort key `key` belongs after the run with key `last`."""
+    return key < last if descending else key > last
+
+
+def narrow_filter(
+    run_filter: runs.RunFilter, field: OrderField, descending: bool, after: RunSortKey | None
+) -> runs.RunFilter:
+    """The filter to send upstream: in started_at order, only runs not newer than `after`.
+
+    Subsystems that apply `time_range` then answer with runs past the key on their
+    first page; those that ignore it are read further (see run_reader.py). The bound
+    keeps runs that started at the same instant as the last one (ties go by run id).
+    """
+    if after is None or field != "started_at":
+        return run_filter
+    narrowed = runs.RunFilter()
+    narrowed.CopyFrom(run_filter)
+    started = after[1]
+    bounds = narrowed.time_range
+    if descending:
+        # `to` is exclusive: one nanosecond later keeps runs that started with the last one.
+        limit = started + 1
+        if not bounds.HasField("to") or bounds.to.ToNanoseconds() > limit:
+            bounds.to.CopyFrom(timestamp_from_ns(limit))
+    else:
+        current = getattr(bounds, "from")
+        if not bounds.HasField("from") or current.ToNanoseconds() < started:
+            current.CopyFrom(timestamp_from_ns(started))
+    return narrowed
 
 
 @dataclass(frozen=True)
-class PageFetch:
-    """One upstream ListRuns call to make: cursor and limit to send, runs to skip in the answer."""
+class SubsystemRuns:
+    """A subsystem's runs past the cursor, in the requested order, each once.
 
-    upstream_cursor: str
-    limit: int
-    skip: int
-
-
-@dataclass(frozen=True)
-class InstancePage:
-    """What an instance answered to a PageFetch."""
+    `has_more`: the subsystem may hold further such runs, all sorting after these.
+    """
 
     runs: Sequence[types_pb2.Run]
-    next_cursor: str
-    total_count: int
+    has_more: bool
 
 
-@dataclass
-class MergedPage:
-    """One gateway page: (instance id, run) in order, the state to continue from, the total.
-
-    `next_state` is None when every instance is exhausted. `failed` lists the
-    instances whose runs are still owed (no answer this call); their state is kept.
-    """
-
-    runs: list[tuple[str, types_pb2.Run]]
-    next_state: ListRunsCursor | None
-    total_count: int
-    failed: list[str] = dataclasses.field(default_factory=list)
-
-
-def plan_fetches(
-    state: ListRunsCursor | None, instance_ids: Sequence[str], limit: int
-) -> dict[str, PageFetch]:
-    """The one upstream page to fetch per instance for a gateway page of `limit` runs.
-
-    First page (state None): every instance in instance_ids from the start. Later:
-    every non-exhausted instance of the cursor that is still among instance_ids
-    (an instance that is gone is left out and reported as failed by merge_page;
-    instances that appeared later are not mixed in). The current page is fetched
-    again with limit skip+limit (capped at the max) so that, after skipping what
-    was already sent, up to `limit` unseen runs remain.
-    """
-    if not 1 <= limit <= MAX_PAGE_SIZE:
-        raise ValueError(f"limit must be in 1..{MAX_PAGE_SIZE}; got {limit}")
-    if state is None:
-        return {instance_id: PageFetch("", limit, 0) for instance_id in instance_ids}
-    available = set(instance_ids)
-    return {
-        instance_id: PageFetch(
-            instance.upstream_cursor, min(MAX_PAGE_SIZE, instance.skip + limit), instance.skip
-        )
-        for instance_id, instance in sorted(state.instances.items())
-        if not instance.exhausted and instance_id in available
-    }
-
-
-def merge_page(
-    state: ListRunsCursor | None,
-    fetches: Mapping[str, PageFetch],
-    pages: Mapping[str, InstancePage],
-    limit: int,
-    field: OrderField,
-    descending: bool,
-    *,
-    query: str | None = None,
-) -> MergedPage:
-    """K-way merge of the instances' pages into one gateway page and the state after it.
-
-    Emits up to `limit` runs in (field, descending) order, ties broken by instance
-    id. It stops early when an instance with further pages has no buffered run
-    left, because that instance's next unseen run could sort before anything else.
-    An instance missing from `pages` (or not fetched) failed this call: its state is
-    kept so its runs come on a later page, neither lost nor repeated, and it is
-    listed in `failed`. Runs of one instance are never reordered.
-
-    `query` (the fingerprint) is required when `state` is None, i.e. on the first page.
-    """
+def merge_after(
+    parts: Mapping[str, SubsystemRuns], limit: int, field: OrderField, descending: bool
+) -> tuple[list[tuple[str, types_pb2.Run]], bool]:
+    """The next `limit` runs as (subsystem id, run), and whether any run is left after them."""
     if limit < 1:
         raise ValueError(f"limit must be at least 1; got {limit}")
-    if state is None:
-        if query is None:
-            raise ValueError("merge_page needs the query fingerprint for a first page")
-        previous = {instance_id: InstanceCursor("", 0, False, 0) for instance_id in fetches}
-    else:
-        previous = dict(state.instances)
-        query = state.query
-
-    buffers: dict[str, Sequence[types_pb2.Run]] = {}
-    has_more: dict[str, bool] = {}
-    failed: list[str] = []
-    for instance_id, instance in sorted(previous.items()):
-        if instance.exhausted:
-            continue
-        page = pages.get(instance_id)
-        if page is None or instance_id not in fetches:
-            failed.append(instance_id)
-            continue
-        buffers[instance_id] = page.runs[instance.skip :]
-        has_more[instance_id] = page.next_cursor != ""
-
+    buffers = {iid: part.runs for iid, part in parts.items()}
+    has_more = {iid: part.has_more for iid, part in parts.items()}
     emitted, consumed = _k_way_merge(buffers, has_more, limit, field, descending)
-
-    next_instances: dict[str, InstanceCursor] = {}
-    for instance_id, instance in previous.items():
-        if instance_id not in buffers:
-            next_instances[instance_id] = instance
-            continue
-        page = pages[instance_id]
-        if consumed[instance_id] < len(buffers[instance_id]):
-            next_instances[instance_id] = InstanceCursor(
-                instance.upstream_cursor,
-                instance.skip + consumed[instance_id],
-                False,
-                page.total_count,
-            )
-        elif page.next_cursor:
-            next_instances[instance_id] = InstanceCursor(
-                page.next_cursor, 0, False, page.total_count
-            )
-        else:
-            next_instances[instance_id] = InstanceCursor("", 0, True, page.total_count)
-
-    total = sum(instance.total for instance in next_instances.values())
-    done = all(instance.exhausted for instance in next_instances.values())
-    next_state = None if done else ListRunsCursor(query, next_instances)
-    return MergedPage(emitted, next_state, total, failed)
+    left = any(consumed[iid] < len(part.runs) or part.has_more for iid, part in parts.items())
+    return emitted, left and bool(emitted)
 
 
 @dataclass(frozen=True)

@@ -67,14 +67,14 @@ def search_fingerprint(request: search_pb.SearchRequest) -> str:
     return hashlib.sha256(subject.SerializeToString(deterministic=True)).hexdigest()[:16]
 
 
-def plan_search_page(request: search_pb.SearchRequest) -> SearchPage:
+def plan_search_page(request: search_pb.SearchRequest, *, secret: bytes) -> SearchPage:
     """The slice a request asks for; CursorError for a cursor this gateway did not issue."""
     query = search_fingerprint(request)
     size = effective_page_size(request.pagination.limit)
     cursor = request.pagination.cursor
     if not cursor:
         return SearchPage(0, size, query)
-    offset = decode_search_cursor(cursor, query)
+    offset = decode_search_cursor(cursor, query, secret=secret)
     if not 0 < offset < SEARCH_WINDOW:
         raise CursorError(NOT_ISSUED_MESSAGE)
     return SearchPage(offset, size, query)
@@ -110,7 +110,7 @@ def merge_facets(facets: Iterable[search_pb.SearchFacets]) -> search_pb.SearchFa
 
 
 def merge_search(
-    responses: Mapping[str, search_pb.SearchResponse], page: SearchPage
+    responses: Mapping[str, search_pb.SearchResponse], page: SearchPage, *, secret: bytes
 ) -> search_pb.SearchResponse:
     """One page of the merged results, with summed facets and totals and the slowest query_ms."""
     merged = merge_results(responses)
@@ -119,7 +119,7 @@ def merge_search(
     more_upstream = any(r.pagination.next_cursor for r in responses.values())
     next_cursor = ""
     if end < SEARCH_WINDOW and (len(merged) > end or more_upstream):
-        next_cursor = offset_cursor(end, query=page.query)
+        next_cursor = offset_cursor(end, query=page.query, secret=secret)
     total = sum(max(r.pagination.total_count, len(r.results)) for r in responses.values())
     return search_pb.SearchResponse(
         results=results,
