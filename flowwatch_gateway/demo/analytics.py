@@ -7,16 +7,18 @@ the requested range is emitted, zeros included, in ascending order.
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TypeVar
 
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 from google.protobuf import duration_pb2, timestamp_pb2
 
+from flowwatch_gateway.api import sketch as sketches
+from flowwatch_gateway.api.sketch import nearest_rank
 from flowwatch_gateway.gen.flowwatch.v1 import (
     analytics_service_pb2 as analytics,
 )
@@ -104,14 +106,6 @@ def duration_of(nanos: int) -> duration_pb2.Duration:
     return value
 
 
-def nearest_rank(sorted_values: Sequence[int], percent: float) -> int:
-    """Nearest-rank percentile of ascending values; 0 for no values."""
-    if not sorted_values:
-        return 0
-    rank = max(1, math.ceil(percent / 100 * len(sorted_values)))
-    return sorted_values[rank - 1]
-
-
 def select_runs(
     runs: Iterable[types_pb2.Run], *, workflow_id: str, subsystem_id: str, window: Window
 ) -> list[types_pb2.Run]:
@@ -173,8 +167,16 @@ def failure_rate(
     return buckets
 
 
+def _sketch_of(values: Iterable[int]) -> analytics.DurationSketch:
+    return sketches.to_proto(sketches.DurationSketch.of(values))
+
+
 def latency(runs: Sequence[types_pb2.Run], window: Window) -> list[analytics.LatencyBucket]:
-    """Nearest-rank p50/p95/p99 of finished runs' durations per started_at bucket."""
+    """Nearest-rank p50/p95/p99 of finished runs' durations per started_at bucket.
+
+    Each bucket carries a sketch of its durations (empty ones too: "none here" is
+    different from "no sketch"), so the gateway can merge subsystems accurately.
+    """
     grouped = _by_bucket(
         (run for run in runs if run.status in FINISHED and run.HasField("duration")), window
     )
@@ -187,6 +189,7 @@ def latency(runs: Sequence[types_pb2.Run], window: Window) -> list[analytics.Lat
                 p50=duration_of(nearest_rank(values, 50)),
                 p95=duration_of(nearest_rank(values, 95)),
                 p99=duration_of(nearest_rank(values, 99)),
+                sketch=_sketch_of(values),
             )
         )
     return buckets
@@ -200,6 +203,7 @@ def step_heatmap(
     `avg_duration` averages the executions that have a duration (finished ones).
     """
     counts: dict[tuple[str, int], list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+    timed_values: dict[tuple[str, int], list[int]] = defaultdict(list)
     names: set[str] = set()
     for execution in executions:
         if not execution.HasField("started_at"):
@@ -214,6 +218,9 @@ def step_heatmap(
         if execution.HasField("duration"):
             cell[2] += int(execution.duration.ToNanoseconds())
             cell[3] += 1
+            timed_values[(execution.step_name, window.bucket_of(moment))].append(
+                int(execution.duration.ToNanoseconds())
+            )
     starts = window.bucket_starts()
     response = analytics.GetStepHeatmapResponse(
         step_names=sorted(names), bucket_timestamps=[timestamp_at(start) for start in starts]
@@ -228,6 +235,7 @@ def step_heatmap(
                 total_executions=total,
                 failed_executions=failed,
                 avg_duration=duration_of(duration_sum // timed if timed else 0),
+                duration_sketch=_sketch_of(timed_values.get((name, start), [])),
             )
     return response
 
@@ -274,6 +282,9 @@ def step_duration(
             execution=_percentiles([run for _, _, run in rows]),
             total=_percentiles(list(totals)),
             sample_count=len(rows),
+            queue_wait_sketch=_sketch_of(wait for _, wait, _ in rows),
+            execution_sketch=_sketch_of(run for _, _, run in rows),
+            total_sketch=_sketch_of(totals),
         )
         p95_totals.append(int(entry.total.p95.ToNanoseconds()))
         per_bucket: dict[int, list[int]] = defaultdict(list)
@@ -286,11 +297,37 @@ def step_duration(
                 p50=duration_of(nearest_rank(values, 50)),
                 p95=duration_of(nearest_rank(values, 95)),
                 p99=duration_of(nearest_rank(values, 99)),
+                sketch=_sketch_of(values),
             )
     threshold = BOTTLENECK_FACTOR * nearest_rank(sorted(p95_totals), 50)
     response.bottleneck_threshold.CopyFrom(duration_of(threshold))
     for entry in response.steps:
         entry.is_bottleneck = threshold > 0 and entry.total.p95.ToNanoseconds() > threshold
+    return response
+
+
+SketchedResponse = TypeVar(
+    "SketchedResponse",
+    analytics.GetLatencyResponse,
+    analytics.GetStepHeatmapResponse,
+    analytics.GetStepDurationResponse,
+)
+
+
+def without_sketches(response: SketchedResponse) -> SketchedResponse:
+    """The same answer as a subsystem that knows nothing of sketches would give."""
+    if isinstance(response, analytics.GetLatencyResponse):
+        for bucket in response.buckets:
+            bucket.ClearField("sketch")
+    elif isinstance(response, analytics.GetStepHeatmapResponse):
+        for cell in response.cells:
+            cell.ClearField("duration_sketch")
+    else:
+        for entry in response.steps:
+            for name in ("queue_wait_sketch", "execution_sketch", "total_sketch"):
+                entry.ClearField(name)
+            for point in entry.trend:
+                point.ClearField("sketch")
     return response
 
 

@@ -155,8 +155,12 @@ class _Watcher:
 class InMemoryEngine(EngineAdapter):
     """Serves one demo subsystem's FlowWatch API from memory; actions change its state."""
 
-    def __init__(self, data: DemoData, *, clock: Clock = wall_clock) -> None:
+    def __init__(
+        self, data: DemoData, *, clock: Clock = wall_clock, emit_sketches: bool = True
+    ) -> None:
+        """`emit_sketches=False` answers analytics like a subsystem that predates sketches."""
         self.data = data
+        self.emit_sketches = emit_sketches
         self.subsystem_id = data.subsystem.id
         self._clock = clock
         self._runs: dict[str, types_pb2.Run] = {run.id: run for run in data.runs}
@@ -173,13 +177,16 @@ class InMemoryEngine(EngineAdapter):
         now: datetime | None = None,
         run_count: int = 300,
         clock: Clock | None = None,
+        emit_sketches: bool = True,
     ) -> InMemoryEngine:
         """A demo engine; with `now` given (and no clock) time stands still at `now`."""
         if clock is None:
             clock = wall_clock if now is None else (lambda: now)
         start = now if now is not None else clock()
         return cls(
-            build_dataset(subsystem_id, seed=seed, now=start, run_count=run_count), clock=clock
+            build_dataset(subsystem_id, seed=seed, now=start, run_count=run_count),
+            clock=clock,
+            emit_sketches=emit_sketches,
         )
 
     def now(self) -> datetime:
@@ -678,7 +685,8 @@ class InMemoryEngine(EngineAdapter):
         self, request: analytics.GetLatencyRequest, ctx: CallContext
     ) -> analytics.GetLatencyResponse:
         selected, window = self._analytics_runs(request.filter)
-        return analytics.GetLatencyResponse(buckets=calc.latency(selected, window))
+        response = analytics.GetLatencyResponse(buckets=calc.latency(selected, window))
+        return response if self.emit_sketches else calc.without_sketches(response)
 
     async def get_failure_rate(
         self, request: analytics.GetFailureRateRequest, ctx: CallContext
@@ -698,7 +706,8 @@ class InMemoryEngine(EngineAdapter):
             if (not request.filter.workflow_id or run.workflow_id == request.filter.workflow_id)
             and (not request.filter.subsystem_id or run.subsystem_id == request.filter.subsystem_id)
         ]
-        return calc.step_heatmap(self._executions(owners), window)
+        heatmap = calc.step_heatmap(self._executions(owners), window)
+        return heatmap if self.emit_sketches else calc.without_sketches(heatmap)
 
     async def get_step_duration(
         self, request: analytics.GetStepDurationRequest, ctx: CallContext
@@ -709,7 +718,8 @@ class InMemoryEngine(EngineAdapter):
             for run in self._runs.values()
             if not request.workflow_id or run.workflow_id == request.workflow_id
         ]
-        return calc.step_duration(self._executions(owners), window)
+        durations = calc.step_duration(self._executions(owners), window)
+        return durations if self.emit_sketches else calc.without_sketches(durations)
 
     # --- StreamService ---------------------------------------------------------------
     @contextlib.contextmanager

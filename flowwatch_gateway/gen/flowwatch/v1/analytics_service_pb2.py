@@ -27,49 +27,55 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$flowwatch/v1/analytics_service.proto\x12\x0c\x66lowwatch.v1\x1a\x18\x66lowwatch/v1/types.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1egoogle/protobuf/duration.proto\"~\n\x0f\x41nalyticsFilter\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12\x14\n\x0csubsystem_id\x18\x02 \x01(\t\x12+\n\ntime_range\x18\x03 \x01(\x0b\x32\x17.flowwatch.v1.TimeRange\x12\x13\n\x0bgranularity\x18\x04 \x01(\t\"\x8d\x01\n\x13\x44urationPercentiles\x12&\n\x03p50\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12&\n\x03p95\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12&\n\x03p99\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"y\n\x11\x46\x61ilureRateBucket\x12-\n\ttimestamp\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04rate\x18\x02 \x01(\x01\x12\x12\n\ntotal_runs\x18\x03 \x01(\x05\x12\x13\n\x0b\x66\x61iled_runs\x18\x04 \x01(\x05\"F\n\x15GetFailureRateRequest\x12-\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x1d.flowwatch.v1.AnalyticsFilter\"J\n\x16GetFailureRateResponse\x12\x30\n\x07\x62uckets\x18\x01 \x03(\x0b\x32\x1f.flowwatch.v1.FailureRateBucket\"B\n\x11GetLatencyRequest\x12-\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x1d.flowwatch.v1.AnalyticsFilter\"B\n\x12GetLatencyResponse\x12,\n\x07\x62uckets\x18\x01 \x03(\x0b\x32\x1b.flowwatch.v1.LatencyBucket\"Z\n\x16GetStepDurationRequest\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12+\n\ntime_range\x18\x02 \x01(\x0b\x32\x17.flowwatch.v1.TimeRange\"\x82\x01\n\x17GetStepDurationResponse\x12.\n\x05steps\x18\x01 \x03(\x0b\x32\x1f.flowwatch.v1.StepDurationEntry\x12\x37\n\x14\x62ottleneck_threshold\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"F\n\x15GetStepHeatmapRequest\x12-\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x1d.flowwatch.v1.AnalyticsFilter\"\x8d\x01\n\x16GetStepHeatmapResponse\x12(\n\x05\x63\x65lls\x18\x01 \x03(\x0b\x32\x19.flowwatch.v1.HeatmapCell\x12\x12\n\nstep_names\x18\x02 \x03(\t\x12\x35\n\x11\x62ucket_timestamps\x18\x03 \x03(\x0b\x32\x1a.google.protobuf.Timestamp\"E\n\x14GetThroughputRequest\x12-\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x1d.flowwatch.v1.AnalyticsFilter\"H\n\x15GetThroughputResponse\x12/\n\x07\x62uckets\x18\x01 \x03(\x0b\x32\x1e.flowwatch.v1.ThroughputBucket\"\xce\x01\n\x0bHeatmapCell\x12\x11\n\tstep_name\x18\x01 \x01(\t\x12\x30\n\x0c\x62ucket_start\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x66\x61ilure_rate\x18\x03 \x01(\x01\x12\x18\n\x10total_executions\x18\x04 \x01(\x05\x12\x19\n\x11\x66\x61iled_executions\x18\x05 \x01(\x05\x12/\n\x0c\x61vg_duration\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xb6\x01\n\rLatencyBucket\x12-\n\ttimestamp\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x03p50\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12&\n\x03p95\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12&\n\x03p99\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xa7\x02\n\x11StepDurationEntry\x12\x11\n\tstep_name\x18\x01 \x01(\t\x12\x15\n\ris_bottleneck\x18\x02 \x01(\x08\x12\x35\n\nqueue_wait\x18\x03 \x01(\x0b\x32!.flowwatch.v1.DurationPercentiles\x12\x34\n\texecution\x18\x04 \x01(\x0b\x32!.flowwatch.v1.DurationPercentiles\x12\x30\n\x05total\x18\x05 \x01(\x0b\x32!.flowwatch.v1.DurationPercentiles\x12\x14\n\x0csample_count\x18\x06 \x01(\x03\x12\x33\n\x05trend\x18\x07 \x03(\x0b\x32$.flowwatch.v1.StepDurationTrendPoint\"\xbf\x01\n\x16StepDurationTrendPoint\x12-\n\ttimestamp\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x03p50\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12&\n\x03p95\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12&\n\x03p99\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x96\x01\n\x10ThroughputBucket\x12-\n\ttimestamp\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tsucceeded\x18\x02 \x01(\x05\x12\x0e\n\x06\x66\x61iled\x18\x03 \x01(\x05\x12\x0f\n\x07running\x18\x04 \x01(\x05\x12\x10\n\x08\x63\x61nceled\x18\x05 \x01(\x05\x12\r\n\x05total\x18\x06 \x01(\x05\x32\xd7\x03\n\x10\x41nalyticsService\x12[\n\x0eGetFailureRate\x12#.flowwatch.v1.GetFailureRateRequest\x1a$.flowwatch.v1.GetFailureRateResponse\x12O\n\nGetLatency\x12\x1f.flowwatch.v1.GetLatencyRequest\x1a .flowwatch.v1.GetLatencyResponse\x12^\n\x0fGetStepDuration\x12$.flowwatch.v1.GetStepDurationRequest\x1a%.flowwatch.v1.GetStepDurationResponse\x12[\n\x0eGetStepHeatmap\x12#.flowwatch.v1.GetStepHeatmapRequest\x1a$.flowwatch.v1.GetStepHeatmapResponse\x12X\n\rGetThroughput\x12\".flowwatch.v1.GetThroughputRequest\x1a#.flowwatch.v1.GetThroughputResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$flowwatch/v1/analytics_service.proto\x12\x0c\x66lowwatch.v1\x1a\x18\x66lowwatch/v1/types.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1egoogle/protobuf/duration.proto\"~\n\x0f\x41nalyticsFilter\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12\x14\n\x0csubsystem_id\x18\x02 \x01(\t\x12+\n\ntime_range\x18\x03 \x01(\x0b\x32\x17.flowwatch.v1.TimeRange\x12\x13\n\x0bgranularity\x18\x04 \x01(\t\"\xd7\x01\n\x0e\x44urationSketch\x12\x19\n\x11relative_accuracy\x18\x01 \x01(\x01\x12\x34\n\x04\x62ins\x18\x02 \x03(\x0b\x32&.flowwatch.v1.DurationSketch.BinsEntry\x12\x12\n\nzero_count\x18\x03 \x01(\x04\x12\r\n\x05\x63ount\x18\x04 \x01(\x04\x12\x11\n\tmin_nanos\x18\x05 \x01(\x03\x12\x11\n\tmax_nanos\x18\x06 \x01(\x03\x1a+\n\tBinsEntry\x12\x0b\n\x03key\x18\x01 \x01(\x11\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\x8d\x01\n\x13\x44urationPercentiles\x12&\n\x03p50\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12&\n\x03p95\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12&\n\x03p99\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"y\n\x11\x46\x61ilureRateBucket\x12-\n\ttimestamp\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04rate\x18\x02 \x01(\x01\x12\x12\n\ntotal_runs\x18\x03 \x01(\x05\x12\x13\n\x0b\x66\x61iled_runs\x18\x04 \x01(\x05\"F\n\x15GetFailureRateRequest\x12-\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x1d.flowwatch.v1.AnalyticsFilter\"J\n\x16GetFailureRateResponse\x12\x30\n\x07\x62uckets\x18\x01 \x03(\x0b\x32\x1f.flowwatch.v1.FailureRateBucket\"B\n\x11GetLatencyRequest\x12-\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x1d.flowwatch.v1.AnalyticsFilter\"B\n\x12GetLatencyResponse\x12,\n\x07\x62uckets\x18\x01 \x03(\x0b\x32\x1b.flowwatch.v1.LatencyBucket\"Z\n\x16GetStepDurationRequest\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12+\n\ntime_range\x18\x02 \x01(\x0b\x32\x17.flowwatch.v1.TimeRange\"\x82\x01\n\x17GetStepDurationResponse\x12.\n\x05steps\x18\x01 \x03(\x0b\x32\x1f.flowwatch.v1.StepDurationEntry\x12\x37\n\x14\x62ottleneck_threshold\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"F\n\x15GetStepHeatmapRequest\x12-\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x1d.flowwatch.v1.AnalyticsFilter\"\x8d\x01\n\x16GetStepHeatmapResponse\x12(\n\x05\x63\x65lls\x18\x01 \x03(\x0b\x32\x19.flowwatch.v1.HeatmapCell\x12\x12\n\nstep_names\x18\x02 \x03(\t\x12\x35\n\x11\x62ucket_timestamps\x18\x03 \x03(\x0b\x32\x1a.google.protobuf.Timestamp\"E\n\x14GetThroughputRequest\x12-\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x1d.flowwatch.v1.AnalyticsFilter\"H\n\x15GetThroughputResponse\x12/\n\x07\x62uckets\x18\x01 \x03(\x0b\x32\x1e.flowwatch.v1.ThroughputBucket\"\x85\x02\n\x0bHeatmapCell\x12\x11\n\tstep_name\x18\x01 \x01(\t\x12\x30\n\x0c\x62ucket_start\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x66\x61ilure_rate\x18\x03 \x01(\x01\x12\x18\n\x10total_executions\x18\x04 \x01(\x05\x12\x19\n\x11\x66\x61iled_executions\x18\x05 \x01(\x05\x12/\n\x0c\x61vg_duration\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x35\n\x0f\x64uration_sketch\x18\x07 \x01(\x0b\x32\x1c.flowwatch.v1.DurationSketch\"\xe4\x01\n\rLatencyBucket\x12-\n\ttimestamp\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x03p50\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12&\n\x03p95\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12&\n\x03p99\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12,\n\x06sketch\x18\x05 \x01(\x0b\x32\x1c.flowwatch.v1.DurationSketch\"\xcc\x03\n\x11StepDurationEntry\x12\x11\n\tstep_name\x18\x01 \x01(\t\x12\x15\n\ris_bottleneck\x18\x02 \x01(\x08\x12\x35\n\nqueue_wait\x18\x03 \x01(\x0b\x32!.flowwatch.v1.DurationPercentiles\x12\x34\n\texecution\x18\x04 \x01(\x0b\x32!.flowwatch.v1.DurationPercentiles\x12\x30\n\x05total\x18\x05 \x01(\x0b\x32!.flowwatch.v1.DurationPercentiles\x12\x14\n\x0csample_count\x18\x06 \x01(\x03\x12\x33\n\x05trend\x18\x07 \x03(\x0b\x32$.flowwatch.v1.StepDurationTrendPoint\x12\x37\n\x11queue_wait_sketch\x18\x08 \x01(\x0b\x32\x1c.flowwatch.v1.DurationSketch\x12\x36\n\x10\x65xecution_sketch\x18\t \x01(\x0b\x32\x1c.flowwatch.v1.DurationSketch\x12\x32\n\x0ctotal_sketch\x18\n \x01(\x0b\x32\x1c.flowwatch.v1.DurationSketch\"\xed\x01\n\x16StepDurationTrendPoint\x12-\n\ttimestamp\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x03p50\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12&\n\x03p95\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12&\n\x03p99\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12,\n\x06sketch\x18\x05 \x01(\x0b\x32\x1c.flowwatch.v1.DurationSketch\"\x96\x01\n\x10ThroughputBucket\x12-\n\ttimestamp\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tsucceeded\x18\x02 \x01(\x05\x12\x0e\n\x06\x66\x61iled\x18\x03 \x01(\x05\x12\x0f\n\x07running\x18\x04 \x01(\x05\x12\x10\n\x08\x63\x61nceled\x18\x05 \x01(\x05\x12\r\n\x05total\x18\x06 \x01(\x05\x32\xd7\x03\n\x10\x41nalyticsService\x12[\n\x0eGetFailureRate\x12#.flowwatch.v1.GetFailureRateRequest\x1a$.flowwatch.v1.GetFailureRateResponse\x12O\n\nGetLatency\x12\x1f.flowwatch.v1.GetLatencyRequest\x1a .flowwatch.v1.GetLatencyResponse\x12^\n\x0fGetStepDuration\x12$.flowwatch.v1.GetStepDurationRequest\x1a%.flowwatch.v1.GetStepDurationResponse\x12[\n\x0eGetStepHeatmap\x12#.flowwatch.v1.GetStepHeatmapRequest\x1a$.flowwatch.v1.GetStepHeatmapResponse\x12X\n\rGetThroughput\x12\".flowwatch.v1.GetThroughputRequest\x1a#.flowwatch.v1.GetThroughputResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'flowwatch.v1.analytics_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_DURATIONSKETCH_BINSENTRY']._loaded_options = None
+  _globals['_DURATIONSKETCH_BINSENTRY']._serialized_options = b'8\001'
   _globals['_ANALYTICSFILTER']._serialized_start=145
   _globals['_ANALYTICSFILTER']._serialized_end=271
-  _globals['_DURATIONPERCENTILES']._serialized_start=274
-  _globals['_DURATIONPERCENTILES']._serialized_end=415
-  _globals['_FAILURERATEBUCKET']._serialized_start=417
-  _globals['_FAILURERATEBUCKET']._serialized_end=538
-  _globals['_GETFAILURERATEREQUEST']._serialized_start=540
-  _globals['_GETFAILURERATEREQUEST']._serialized_end=610
-  _globals['_GETFAILURERATERESPONSE']._serialized_start=612
-  _globals['_GETFAILURERATERESPONSE']._serialized_end=686
-  _globals['_GETLATENCYREQUEST']._serialized_start=688
-  _globals['_GETLATENCYREQUEST']._serialized_end=754
-  _globals['_GETLATENCYRESPONSE']._serialized_start=756
-  _globals['_GETLATENCYRESPONSE']._serialized_end=822
-  _globals['_GETSTEPDURATIONREQUEST']._serialized_start=824
-  _globals['_GETSTEPDURATIONREQUEST']._serialized_end=914
-  _globals['_GETSTEPDURATIONRESPONSE']._serialized_start=917
-  _globals['_GETSTEPDURATIONRESPONSE']._serialized_end=1047
-  _globals['_GETSTEPHEATMAPREQUEST']._serialized_start=1049
-  _globals['_GETSTEPHEATMAPREQUEST']._serialized_end=1119
-  _globals['_GETSTEPHEATMAPRESPONSE']._serialized_start=1122
-  _globals['_GETSTEPHEATMAPRESPONSE']._serialized_end=1263
-  _globals['_GETTHROUGHPUTREQUEST']._serialized_start=1265
-  _globals['_GETTHROUGHPUTREQUEST']._serialized_end=1334
-  _globals['_GETTHROUGHPUTRESPONSE']._serialized_start=1336
-  _globals['_GETTHROUGHPUTRESPONSE']._serialized_end=1408
-  _globals['_HEATMAPCELL']._serialized_start=1411
-  _globals['_HEATMAPCELL']._serialized_end=1617
-  _globals['_LATENCYBUCKET']._serialized_start=1620
-  _globals['_LATENCYBUCKET']._serialized_end=1802
-  _globals['_STEPDURATIONENTRY']._serialized_start=1805
-  _globals['_STEPDURATIONENTRY']._serialized_end=2100
-  _globals['_STEPDURATIONTRENDPOINT']._serialized_start=2103
-  _globals['_STEPDURATIONTRENDPOINT']._serialized_end=2294
-  _globals['_THROUGHPUTBUCKET']._serialized_start=2297
-  _globals['_THROUGHPUTBUCKET']._serialized_end=2447
-  _globals['_ANALYTICSSERVICE']._serialized_start=2450
-  _globals['_ANALYTICSSERVICE']._serialized_end=2921
+  _globals['_DURATIONSKETCH']._serialized_start=274
+  _globals['_DURATIONSKETCH']._serialized_end=489
+  _globals['_DURATIONSKETCH_BINSENTRY']._serialized_start=446
+  _globals['_DURATIONSKETCH_BINSENTRY']._serialized_end=489
+  _globals['_DURATIONPERCENTILES']._serialized_start=492
+  _globals['_DURATIONPERCENTILES']._serialized_end=633
+  _globals['_FAILURERATEBUCKET']._serialized_start=635
+  _globals['_FAILURERATEBUCKET']._serialized_end=756
+  _globals['_GETFAILURERATEREQUEST']._serialized_start=758
+  _globals['_GETFAILURERATEREQUEST']._serialized_end=828
+  _globals['_GETFAILURERATERESPONSE']._serialized_start=830
+  _globals['_GETFAILURERATERESPONSE']._serialized_end=904
+  _globals['_GETLATENCYREQUEST']._serialized_start=906
+  _globals['_GETLATENCYREQUEST']._serialized_end=972
+  _globals['_GETLATENCYRESPONSE']._serialized_start=974
+  _globals['_GETLATENCYRESPONSE']._serialized_end=1040
+  _globals['_GETSTEPDURATIONREQUEST']._serialized_start=1042
+  _globals['_GETSTEPDURATIONREQUEST']._serialized_end=1132
+  _globals['_GETSTEPDURATIONRESPONSE']._serialized_start=1135
+  _globals['_GETSTEPDURATIONRESPONSE']._serialized_end=1265
+  _globals['_GETSTEPHEATMAPREQUEST']._serialized_start=1267
+  _globals['_GETSTEPHEATMAPREQUEST']._serialized_end=1337
+  _globals['_GETSTEPHEATMAPRESPONSE']._serialized_start=1340
+  _globals['_GETSTEPHEATMAPRESPONSE']._serialized_end=1481
+  _globals['_GETTHROUGHPUTREQUEST']._serialized_start=1483
+  _globals['_GETTHROUGHPUTREQUEST']._serialized_end=1552
+  _globals['_GETTHROUGHPUTRESPONSE']._serialized_start=1554
+  _globals['_GETTHROUGHPUTRESPONSE']._serialized_end=1626
+  _globals['_HEATMAPCELL']._serialized_start=1629
+  _globals['_HEATMAPCELL']._serialized_end=1890
+  _globals['_LATENCYBUCKET']._serialized_start=1893
+  _globals['_LATENCYBUCKET']._serialized_end=2121
+  _globals['_STEPDURATIONENTRY']._serialized_start=2124
+  _globals['_STEPDURATIONENTRY']._serialized_end=2584
+  _globals['_STEPDURATIONTRENDPOINT']._serialized_start=2587
+  _globals['_STEPDURATIONTRENDPOINT']._serialized_end=2824
+  _globals['_THROUGHPUTBUCKET']._serialized_start=2827
+  _globals['_THROUGHPUTBUCKET']._serialized_end=2977
+  _globals['_ANALYTICSSERVICE']._serialized_start=2980
+  _globals['_ANALYTICSSERVICE']._serialized_end=3451
 # @@protoc_insertion_point(module_scope)

@@ -23,6 +23,29 @@ class AnalyticsFilter(_message.Message):
     granularity: str
     def __init__(self, workflow_id: _Optional[str] = ..., subsystem_id: _Optional[str] = ..., time_range: _Optional[_Union[_types_pb2.TimeRange, _Mapping]] = ..., granularity: _Optional[str] = ...) -> None: ...
 
+class DurationSketch(_message.Message):
+    __slots__ = ("relative_accuracy", "bins", "zero_count", "count", "min_nanos", "max_nanos")
+    class BinsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: int
+        value: int
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[int] = ...) -> None: ...
+    RELATIVE_ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    BINS_FIELD_NUMBER: _ClassVar[int]
+    ZERO_COUNT_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    MIN_NANOS_FIELD_NUMBER: _ClassVar[int]
+    MAX_NANOS_FIELD_NUMBER: _ClassVar[int]
+    relative_accuracy: float
+    bins: _containers.ScalarMap[int, int]
+    zero_count: int
+    count: int
+    min_nanos: int
+    max_nanos: int
+    def __init__(self, relative_accuracy: _Optional[float] = ..., bins: _Optional[_Mapping[int, int]] = ..., zero_count: _Optional[int] = ..., count: _Optional[int] = ..., min_nanos: _Optional[int] = ..., max_nanos: _Optional[int] = ...) -> None: ...
+
 class DurationPercentiles(_message.Message):
     __slots__ = ("p50", "p95", "p99")
     P50_FIELD_NUMBER: _ClassVar[int]
@@ -114,35 +137,39 @@ class GetThroughputResponse(_message.Message):
     def __init__(self, buckets: _Optional[_Iterable[_Union[ThroughputBucket, _Mapping]]] = ...) -> None: ...
 
 class HeatmapCell(_message.Message):
-    __slots__ = ("step_name", "bucket_start", "failure_rate", "total_executions", "failed_executions", "avg_duration")
+    __slots__ = ("step_name", "bucket_start", "failure_rate", "total_executions", "failed_executions", "avg_duration", "duration_sketch")
     STEP_NAME_FIELD_NUMBER: _ClassVar[int]
     BUCKET_START_FIELD_NUMBER: _ClassVar[int]
     FAILURE_RATE_FIELD_NUMBER: _ClassVar[int]
     TOTAL_EXECUTIONS_FIELD_NUMBER: _ClassVar[int]
     FAILED_EXECUTIONS_FIELD_NUMBER: _ClassVar[int]
     AVG_DURATION_FIELD_NUMBER: _ClassVar[int]
+    DURATION_SKETCH_FIELD_NUMBER: _ClassVar[int]
     step_name: str
     bucket_start: _timestamp_pb2.Timestamp
     failure_rate: float
     total_executions: int
     failed_executions: int
     avg_duration: _duration_pb2.Duration
-    def __init__(self, step_name: _Optional[str] = ..., bucket_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., failure_rate: _Optional[float] = ..., total_executions: _Optional[int] = ..., failed_executions: _Optional[int] = ..., avg_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    duration_sketch: DurationSketch
+    def __init__(self, step_name: _Optional[str] = ..., bucket_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., failure_rate: _Optional[float] = ..., total_executions: _Optional[int] = ..., failed_executions: _Optional[int] = ..., avg_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., duration_sketch: _Optional[_Union[DurationSketch, _Mapping]] = ...) -> None: ...
 
 class LatencyBucket(_message.Message):
-    __slots__ = ("timestamp", "p50", "p95", "p99")
+    __slots__ = ("timestamp", "p50", "p95", "p99", "sketch")
     TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
     P50_FIELD_NUMBER: _ClassVar[int]
     P95_FIELD_NUMBER: _ClassVar[int]
     P99_FIELD_NUMBER: _ClassVar[int]
+    SKETCH_FIELD_NUMBER: _ClassVar[int]
     timestamp: _timestamp_pb2.Timestamp
     p50: _duration_pb2.Duration
     p95: _duration_pb2.Duration
     p99: _duration_pb2.Duration
-    def __init__(self, timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., p50: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., p95: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., p99: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    sketch: DurationSketch
+    def __init__(self, timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., p50: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., p95: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., p99: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., sketch: _Optional[_Union[DurationSketch, _Mapping]] = ...) -> None: ...
 
 class StepDurationEntry(_message.Message):
-    __slots__ = ("step_name", "is_bottleneck", "queue_wait", "execution", "total", "sample_count", "trend")
+    __slots__ = ("step_name", "is_bottleneck", "queue_wait", "execution", "total", "sample_count", "trend", "queue_wait_sketch", "execution_sketch", "total_sketch")
     STEP_NAME_FIELD_NUMBER: _ClassVar[int]
     IS_BOTTLENECK_FIELD_NUMBER: _ClassVar[int]
     QUEUE_WAIT_FIELD_NUMBER: _ClassVar[int]
@@ -150,6 +177,9 @@ class StepDurationEntry(_message.Message):
     TOTAL_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_COUNT_FIELD_NUMBER: _ClassVar[int]
     TREND_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_WAIT_SKETCH_FIELD_NUMBER: _ClassVar[int]
+    EXECUTION_SKETCH_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_SKETCH_FIELD_NUMBER: _ClassVar[int]
     step_name: str
     is_bottleneck: bool
     queue_wait: DurationPercentiles
@@ -157,19 +187,24 @@ class StepDurationEntry(_message.Message):
     total: DurationPercentiles
     sample_count: int
     trend: _containers.RepeatedCompositeFieldContainer[StepDurationTrendPoint]
-    def __init__(self, step_name: _Optional[str] = ..., is_bottleneck: _Optional[bool] = ..., queue_wait: _Optional[_Union[DurationPercentiles, _Mapping]] = ..., execution: _Optional[_Union[DurationPercentiles, _Mapping]] = ..., total: _Optional[_Union[DurationPercentiles, _Mapping]] = ..., sample_count: _Optional[int] = ..., trend: _Optional[_Iterable[_Union[StepDurationTrendPoint, _Mapping]]] = ...) -> None: ...
+    queue_wait_sketch: DurationSketch
+    execution_sketch: DurationSketch
+    total_sketch: DurationSketch
+    def __init__(self, step_name: _Optional[str] = ..., is_bottleneck: _Optional[bool] = ..., queue_wait: _Optional[_Union[DurationPercentiles, _Mapping]] = ..., execution: _Optional[_Union[DurationPercentiles, _Mapping]] = ..., total: _Optional[_Union[DurationPercentiles, _Mapping]] = ..., sample_count: _Optional[int] = ..., trend: _Optional[_Iterable[_Union[StepDurationTrendPoint, _Mapping]]] = ..., queue_wait_sketch: _Optional[_Union[DurationSketch, _Mapping]] = ..., execution_sketch: _Optional[_Union[DurationSketch, _Mapping]] = ..., total_sketch: _Optional[_Union[DurationSketch, _Mapping]] = ...) -> None: ...
 
 class StepDurationTrendPoint(_message.Message):
-    __slots__ = ("timestamp", "p50", "p95", "p99")
+    __slots__ = ("timestamp", "p50", "p95", "p99", "sketch")
     TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
     P50_FIELD_NUMBER: _ClassVar[int]
     P95_FIELD_NUMBER: _ClassVar[int]
     P99_FIELD_NUMBER: _ClassVar[int]
+    SKETCH_FIELD_NUMBER: _ClassVar[int]
     timestamp: _timestamp_pb2.Timestamp
     p50: _duration_pb2.Duration
     p95: _duration_pb2.Duration
     p99: _duration_pb2.Duration
-    def __init__(self, timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., p50: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., p95: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., p99: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    sketch: DurationSketch
+    def __init__(self, timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., p50: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., p95: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., p99: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., sketch: _Optional[_Union[DurationSketch, _Mapping]] = ...) -> None: ...
 
 class ThroughputBucket(_message.Message):
     __slots__ = ("timestamp", "succeeded", "failed", "running", "canceled", "total")
