@@ -10,10 +10,18 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 
-__all__ = ["APPROXIMATE_HEADER", "PARTIAL_FAILURE_HEADER", "CallContext"]
+__all__ = [
+    "ANALYTICS_METHOD_HEADER",
+    "APPROXIMATE_HEADER",
+    "PARTIAL_FAILURE_HEADER",
+    "CallContext",
+]
 
 PARTIAL_FAILURE_HEADER = "flowwatch-partial-failure"
 APPROXIMATE_HEADER = "flowwatch-approximate"
+# How an analytics answer was computed: `exact`, `sketch;rel-err=0.01` or
+# `approximate;reason=...` (the gateway's analytics, see README).
+ANALYTICS_METHOD_HEADER = "flowwatch-analytics-method"
 
 
 class CallContext:
@@ -59,3 +67,7 @@ class CallContext:
     def mark_approximate(self, method: str) -> None:
         """Flag an answer that merges values that cannot be merged exactly."""
         self.response_headers[APPROXIMATE_HEADER] = method
+
+    def mark_analytics_method(self, method: str) -> None:
+        """Say how an analytics answer was computed (exact, sketch, approximate)."""
+        self.response_headers[ANALYTICS_METHOD_HEADER] = method
