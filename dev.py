@@ -11,6 +11,7 @@ Extra arguments after the command go to `flowwatch-demo demo` or pytest.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -31,6 +32,25 @@ def ensure_venv(extras: str) -> None:
     subprocess.run([*pip, "-e", f".{extras}"], check=True, cwd=ROOT)
 
 
+def ensure_redis_server() -> None:
+    """The shared-registry tests run a real redis-server: install Debian's when we may."""
+    if shutil.which("redis-server"):
+        return
+    if hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("apt-get"):
+        print("installing redis-server (apt-get) for the shared-registry tests", flush=True)
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update"], check=True, env=env)
+        subprocess.run(["apt-get", "install", "-y", "redis-server"], check=True, env=env)
+        return
+    print(
+        "redis-server is not on PATH and this is not root, so the shared-registry (Redis) "
+        "tests will be skipped. Install it first: `sudo apt-get install -y redis-server` "
+        "(Debian/Ubuntu) or `brew install redis` (macOS).",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
 def main() -> int:
     if sys.version_info < (3, 11):  # noqa: UP036 - dev.py runs before the venv exists
         sys.exit("Python 3.11 or newer is required")
@@ -40,6 +60,7 @@ def main() -> int:
         return subprocess.call([str(BIN / "flowwatch-demo"), "demo", *rest], cwd=ROOT)
     if command == "test":
         ensure_venv("[dev]")
+        ensure_redis_server()
         # -m "" also runs the tests marked slow, which a plain `pytest` skips.
         code = subprocess.call([str(BIN / "python"), "-m", "pytest", "-m", "", *rest], cwd=ROOT)
         if code == PYTEST_NO_TESTS_COLLECTED:

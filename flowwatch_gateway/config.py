@@ -26,6 +26,9 @@ LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 ALL_INTERFACES = "0.0.0.0"
 # Settings whose values are never logged or shown.
 SECRET_FIELDS = ("api_key", "cursor_key")
+# Settings that are URLs whose password is masked when shown.
+URL_WITH_SECRET_FIELDS = ("redis_url",)
+REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 
 class ConfigError(ValueError):
@@ -109,6 +112,8 @@ class GatewayConfig:
     endpoint_allow: tuple[str, ...] = ()
     endpoint_deny: tuple[str, ...] = ()
     cursor_key: str = ""
+    # Empty: the in-memory registry (one replica). Set: replicas share it on Redis.
+    redis_url: str = ""
     fanout_concurrency: int = 64
 
     def __post_init__(self) -> None:
@@ -179,7 +184,8 @@ class GatewayConfig:
             try:
                 values.update(setting.parse(raw))
             except ValueError as exc:
-                raise ConfigError(f"{source}={raw!r}: {exc}") from None
+                shown = redact_url(raw) if "redis_url" in setting.fields else raw
+                raise ConfigError(f"{source}={shown!r}: {exc}") from None
         return cls(**values)
 
     def to_env(self) -> dict[str, str]:
@@ -206,6 +212,7 @@ class GatewayConfig:
             "GATEWAY_ENDPOINT_ALLOW": ",".join(self.endpoint_allow),
             "GATEWAY_ENDPOINT_DENY": ",".join(self.endpoint_deny),
             "GATEWAY_CURSOR_KEY": self.cursor_key,
+            "GATEWAY_REDIS_URL": self.redis_url,
             "GATEWAY_FANOUT_CONCURRENCY": str(self.fanout_concurrency),
         }
         return env
@@ -217,10 +224,24 @@ class GatewayConfig:
             value = getattr(self, field.name)
             if field.name in SECRET_FIELDS:
                 value = "set" if value else "unset"
+            elif field.name in URL_WITH_SECRET_FIELDS:
+                value = redact_url(value) or "unset"
             elif isinstance(value, float):
                 value = f"{value:g}s"
             parts.append(f"{field.name}={value}")
         return " ".join(parts)
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password (if any) replaced by ***, for logs and probes."""
+    scheme, sep, rest = url.partition("://")
+    authority, slash, path = rest.partition("/")
+    userinfo, at, host = authority.rpartition("@")
+    if not sep or not at:
+        return url
+    user, colon, _ = userinfo.partition(":")
+    shown = f"{user}:***" if colon else "***"
+    return f"{scheme}://{shown}@{host}{slash}{path}"
 
 
 def _check(ok: bool, name: str, value: object, rule: str) -> None:
@@ -335,6 +356,29 @@ def _host_rules_field(name: str) -> Callable[[str], dict[str, Any]]:
         return {name: tuple(rule.text for rule in parse_host_rules(text))}
 
     return parse
+
+
+def parse_redis_url(text: str) -> dict[str, Any]:
+    """Empty (in-memory registry) or redis://[:password@]host[:port][/db], rediss://, unix://."""
+    url = text.strip()
+    if not url:
+        return {"redis_url": ""}
+    parts = urlsplit(url)
+    if parts.scheme not in REDIS_SCHEMES:
+        raise ValueError(
+            f"{redact_url(url)!r} is not a Redis URL: use redis://host:6379/0, "
+            "rediss://host:6380/0 (TLS) or unix:///path/to/redis.sock"
+        )
+    if parts.scheme != "unix" and not parts.hostname:
+        raise ValueError(f"{redact_url(url)!r} has no host (e.g. redis://redis:6379/0)")
+    try:
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError:
+        raise ValueError(f"{redact_url(url)!r} has an invalid port") from None
+    db = parts.path.strip("/")
+    if parts.scheme != "unix" and db and not db.isdigit():
+        raise ValueError(f"{redact_url(url)!r}: the path must be a database number like /0")
+    return {"redis_url": url}
 
 
 @dataclass(frozen=True)
@@ -488,6 +532,15 @@ SETTINGS: tuple[Setting, ...] = (
         "random per process, so cursors do not survive a restart)",
         lambda text: {"cursor_key": text},
         ("cursor_key",),
+    ),
+    Setting(
+        "GATEWAY_REDIS_URL",
+        "--redis-url",
+        "",
+        "redis://[:password@]host:port/db (or rediss://): replicas share their registry "
+        "there; empty: in-memory registry, one replica",
+        parse_redis_url,
+        ("redis_url",),
     ),
     Setting(
         "GATEWAY_FANOUT_CONCURRENCY",

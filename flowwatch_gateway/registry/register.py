@@ -222,6 +222,15 @@ class RegisterService(gateway_service_connect.GatewayService):
         if session is not None and session.epoch == instance.epoch:
             session.close(REASON_EXPIRED)
 
+    def disconnect(self, subsystem_id: str, epoch: int, reason: str) -> None:
+        """End that registration's stream with a DisconnectCommand, if it is open here.
+
+        The shared registry calls this when another replica took the id over.
+        """
+        session = self._sessions.get(subsystem_id)
+        if session is not None and session.epoch == epoch:
+            session.close(reason)
+
     # --- shutdown --------------------------------------------------------------------
     @property
     def open_streams(self) -> int:

@@ -24,6 +24,7 @@ from flowwatch_gateway.proxy.gateway import Gateway
 from flowwatch_gateway.registry.base import Clock, Registry
 from flowwatch_gateway.registry.health import HealthMonitor
 from flowwatch_gateway.registry.memory import InMemoryRegistry
+from flowwatch_gateway.registry.redis import RedisRegistry
 from flowwatch_gateway.registry.register import REASON_SHUTDOWN, RegisterService, gateway_asgi_app
 from flowwatch_gateway.serving.asgi_guard import GuardReceiveAfterBody
 from flowwatch_gateway.serving.control import serve_control_socket
@@ -52,6 +53,8 @@ CORS_MAX_AGE_SECONDS = 7200
 
 # How long shutdown waits for DisconnectCommands to leave before closing streams anyway.
 DISCONNECT_FLUSH_SECONDS = 1.5
+# How long shutdown waits for the shared registry's last writes to Redis.
+SHARED_FLUSH_SECONDS = 1.5
 
 
 def create_app(
@@ -62,10 +65,17 @@ def create_app(
     With `control_socket`, the app listens there for the supervisor's drain request
     (see control.py); without it, draining happens in the lifespan shutdown only.
     """
-    registry: Registry = InMemoryRegistry(clock)
+    shared = (
+        RedisRegistry(config.redis_url, heartbeat=config.heartbeat, clock=clock)
+        if config.redis_url
+        else None
+    )
+    registry: Registry = shared if shared is not None else InMemoryRegistry(clock)
     gateway = Gateway(registry, config)
     register_service = RegisterService(registry, config)
     registry.add_listener(register_service)
+    if shared is not None:
+        shared.disconnect_handler = register_service.disconnect
     monitor = HealthMonitor(registry, heartbeat=config.heartbeat, grace_period=config.grace_period)
     gateway_app = gateway_asgi_app(register_service)
 
@@ -82,6 +92,7 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         log.info("gateway starting: %s", config.describe())
         monitor_task = asyncio.create_task(monitor.run(), name="health-monitor")
+        sync_task = asyncio.create_task(shared.run(), name="registry-sync") if shared else None
         control = None
         if control_socket is not None:
             control = await serve_control_socket(control_socket, drain)
@@ -94,6 +105,12 @@ def create_app(
                 control.close()
             monitor_task.cancel()
             await asyncio.gather(monitor_task, return_exceptions=True)
+            if shared is not None and sync_task is not None:
+                # Lets the last stale marks of the drain reach Redis, within a bound.
+                await shared.aclose()
+                await asyncio.wait({sync_task}, timeout=SHARED_FLUSH_SECONDS)
+                sync_task.cancel()
+                await asyncio.gather(sync_task, return_exceptions=True)
             await gateway.aclose()
             log.info("gateway stopped")
 
@@ -102,11 +119,14 @@ def create_app(
 
     async def readyz(request: Request) -> PlainTextResponse:
         state = request.app.state
+        # Redis being down never makes a replica unready (that would take every replica
+        # out at once); the body tells operators instead.
+        details = f"\n{shared.status()}\n" if shared is not None else ""
         if state.draining:
-            return PlainTextResponse("draining", status_code=503)
+            return PlainTextResponse("draining" + details, status_code=503)
         if not state.started:
-            return PlainTextResponse("starting", status_code=503)
-        return PlainTextResponse("ready")
+            return PlainTextResponse("starting" + details, status_code=503)
+        return PlainTextResponse("ready" + details)
 
     routes: list[BaseRoute] = [
         Route("/healthz", healthz, methods=["GET", "HEAD"]),
