@@ -115,6 +115,7 @@ class GatewayConfig:
     # Empty: the in-memory registry (one replica). Set: replicas share it on Redis.
     redis_url: str = ""
     fanout_concurrency: int = 64
+    exact_analytics_max_runs: int = 20_000
 
     def __post_init__(self) -> None:
         _check(1 <= self.port <= 65535, "port", self.port, "must be between 1 and 65535")
@@ -131,6 +132,12 @@ class GatewayConfig:
             self.fanout_concurrency > 0,
             "fanout_concurrency",
             self.fanout_concurrency,
+            "must be at least 1",
+        )
+        _check(
+            self.exact_analytics_max_runs > 0,
+            "exact_analytics_max_runs",
+            self.exact_analytics_max_runs,
             "must be at least 1",
         )
         _check(self.server in SERVER_KINDS, "server", self.server, "must be pyvoy or uvicorn")
@@ -214,6 +221,7 @@ class GatewayConfig:
             "GATEWAY_CURSOR_KEY": self.cursor_key,
             "GATEWAY_REDIS_URL": self.redis_url,
             "GATEWAY_FANOUT_CONCURRENCY": str(self.fanout_concurrency),
+            "GATEWAY_EXACT_ANALYTICS_MAX_RUNS": str(self.exact_analytics_max_runs),
         }
         return env
 
@@ -549,5 +557,14 @@ SETTINGS: tuple[Setting, ...] = (
         "most subsystems one gateway call asks at the same time",
         _positive_int_field("fanout_concurrency"),
         ("fanout_concurrency",),
+    ),
+    Setting(
+        "GATEWAY_EXACT_ANALYTICS_MAX_RUNS",
+        "--exact-analytics-max-runs",
+        "20000",
+        "most finished runs the gateway lists (ListRuns) to compute merged latency "
+        "percentiles exactly for subsystems that send no sketches; above it, approximate",
+        _positive_int_field("exact_analytics_max_runs"),
+        ("exact_analytics_max_runs",),
     ),
 )

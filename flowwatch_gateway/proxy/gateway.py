@@ -45,7 +45,9 @@ class Gateway:
         cursor_key = config.cursor_key.encode() or secrets.token_bytes(32)
         self.workflows = WorkflowsProxy(registry, fan, self.router, cursor_key=cursor_key)
         self.runs = RunsProxy(registry, self.pool, fan, self.router, cursor_key=cursor_key)
-        self.analytics = AnalyticsProxy(registry, fan)
+        self.analytics = AnalyticsProxy(
+            registry, fan, exact_max_runs=config.exact_analytics_max_runs
+        )
         self.streams = StreamsProxy(registry, self.pool, fan, self.router)
         self.search = SearchProxy(registry, fan, self.router, cursor_key=cursor_key)
 

@@ -17,7 +17,11 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import BaseRoute, Mount, Route
 
-from flowwatch_gateway.api.context import APPROXIMATE_HEADER, PARTIAL_FAILURE_HEADER
+from flowwatch_gateway.api.context import (
+    ANALYTICS_METHOD_HEADER,
+    APPROXIMATE_HEADER,
+    PARTIAL_FAILURE_HEADER,
+)
 from flowwatch_gateway.api.services import flowwatch_routes
 from flowwatch_gateway.config import GatewayConfig
 from flowwatch_gateway.proxy.gateway import Gateway
@@ -47,6 +51,7 @@ CORS_EXPOSE_HEADERS = (
     "Grpc-Status-Details-Bin",
     PARTIAL_FAILURE_HEADER,
     APPROXIMATE_HEADER,
+    ANALYTICS_METHOD_HEADER,
 )
 CORS_METHODS = ("POST", "GET", "OPTIONS")
 CORS_MAX_AGE_SECONDS = 7200
