@@ -13,12 +13,13 @@ from connectrpc.errors import ConnectError
 
 __all__ = [
     "ANSWER_CODES",
-    "DEFINITIVE_CODES",
     "NEGOTIATION_FAILURE_CODES",
     "REJECTION_CODES",
     "RETRYABLE_CODES",
     "TRANSPORT_CODES",
+    "UpstreamUnreached",
     "describe_failure",
+    "is_subsystems_answer",
 ]
 
 # No answer from the subsystem: it was unreachable, too slow, or the call was cut.
@@ -29,20 +30,6 @@ TRANSPORT_CODES = frozenset(
 
 # Worth another try later: the subsystem may not listen yet, or was busy.
 RETRYABLE_CODES = frozenset({Code.UNAVAILABLE, Code.DEADLINE_EXCEEDED})
-
-# A subsystem answering one of these owns the subject of the call (the run exists
-# there and the request was judged): waiting for the others is pointless.
-DEFINITIVE_CODES = frozenset(
-    {
-        Code.INVALID_ARGUMENT,
-        Code.FAILED_PRECONDITION,
-        Code.ALREADY_EXISTS,
-        Code.PERMISSION_DENIED,
-        Code.OUT_OF_RANGE,
-        Code.ABORTED,
-        Code.RESOURCE_EXHAUSTED,
-    }
-)
 
 # Codes with which a subsystem answers a request itself (rather than failing to);
 # when every subsystem gives the same one, the caller gets it as it is.
@@ -74,6 +61,21 @@ REJECTION_CODES = frozenset(
         Code.ALREADY_EXISTS,
     }
 )
+
+
+class UpstreamUnreached(ConnectError):
+    """A call that never reached the subsystem (refused, reset, unresolvable, or refused
+    by the endpoint policy). Raised by the gateway's upstream transport, so that it can
+    be told apart from an error the subsystem answered with the same code."""
+
+
+def is_subsystems_answer(exc: ConnectError) -> bool:
+    """Whether the subsystem itself answered with this error: its code and message are
+    then its own words and reach the caller as they are. Timeouts and cancellations are
+    the gateway's doing, whatever a subsystem might have said."""
+    if isinstance(exc, UpstreamUnreached):
+        return False
+    return exc.code not in (Code.DEADLINE_EXCEEDED, Code.CANCELED)
 
 
 def describe_failure(exc: ConnectError) -> str:

@@ -24,7 +24,7 @@ from google.protobuf.message import Message
 
 from flowwatch_gateway.api.adapter import EngineAdapter
 from flowwatch_gateway.api.context import CallContext
-from flowwatch_gateway.api.limits import MAX_PAGE_SIZE
+from flowwatch_gateway.api.limits import MAX_BULK_RUN_IDS, MAX_PAGE_SIZE
 from flowwatch_gateway.api.ordering import ORDER_FIELDS
 from flowwatch_gateway.gen.flowwatch.v1 import (
     analytics_service_connect,
@@ -105,6 +105,13 @@ def validate_request(rpc: str, request: Message) -> None:
     for name in REQUIRED_FIELDS.get(rpc, ()):
         if not getattr(request, name):
             raise ConnectError(Code.INVALID_ARGUMENT, f"{rpc}: {name} is required")
+    run_ids = getattr(request, "run_ids", None) if rpc in ("BulkRetry", "BulkCancel") else None
+    if run_ids is not None and len(run_ids) > MAX_BULK_RUN_IDS:
+        raise ConnectError(
+            Code.INVALID_ARGUMENT,
+            f"{rpc}: run_ids holds {len(run_ids)} ids; at most {MAX_BULK_RUN_IDS} per call, "
+            "split the action into several calls",
+        )
     pagination = getattr(request, "pagination", None)
     if pagination is not None and pagination.limit < 0:
         raise ConnectError(

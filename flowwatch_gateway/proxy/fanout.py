@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -22,15 +23,16 @@ from connectrpc.errors import ConnectError
 from flowwatch_gateway.api.context import CallContext
 from flowwatch_gateway.errors import (
     ANSWER_CODES,
-    DEFINITIVE_CODES,
-    TRANSPORT_CODES,
+    UpstreamUnreached,
     describe_failure,
+    is_subsystems_answer,
 )
 from flowwatch_gateway.proxy.pool import UpstreamPool
 from flowwatch_gateway.proxy.upstream import UpstreamClients
 from flowwatch_gateway.registry.base import Registry
 
 __all__ = [
+    "Budget",
     "FanOut",
     "Gathered",
     "UpstreamCall",
@@ -53,6 +55,25 @@ UpstreamCall = Callable[[UpstreamClients, int], Awaitable[T]]
 
 # Time kept back from the caller's deadline to merge and send the answer.
 RESPONSE_MARGIN_S = 0.05
+DEFAULT_CONCURRENCY = 64
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What one fan-out may spend: calls in parallel at most, and a time every call ends by.
+
+    With 1,000 subsystems a fan-out queues its calls behind `concurrency` slots; a call
+    that starts late gets only the time left, so none outlives the caller's deadline.
+    """
+
+    timeout_ms: int
+    concurrency: int = DEFAULT_CONCURRENCY
+    started: float = field(default_factory=time.monotonic)
+
+    def remaining_ms(self) -> int:
+        """Milliseconds a call starting now may take; 0 when the budget is spent."""
+        elapsed_ms = (time.monotonic() - self.started) * 1000
+        return max(0, int(self.timeout_ms - elapsed_ms))
 
 
 def upstream_timeout_ms(ctx: CallContext, configured_s: float) -> int:
@@ -74,7 +95,11 @@ class Gathered(Generic[T]):
         for instance_id, exc in sorted(self.failures.items()):
             reason = describe_failure(exc)
             ctx.add_partial_failure(instance_id, reason)
-            log.warning("%s: instance %s failed: %s (%s)", rpc, instance_id, reason, exc.message)
+            log.warning(
+                "%s: instance %s failed: %s (%s)",
+                *(rpc, instance_id, reason, exc.message),
+                extra={"subsystem_id": instance_id, "rpc": rpc},
+            )
 
     def raise_if_all_failed(self, rpc: str) -> None:
         if self.failures and not self.answers:
@@ -86,7 +111,12 @@ def no_subsystem_error(rpc: str) -> ConnectError:
 
 
 def all_failed_error(rpc: str, failures: Mapping[str, ConnectError]) -> ConnectError:
+    """No subsystem answered: deadline_exceeded when time ran out for all, else unavailable."""
     names = ", ".join(f"{iid} ({describe_failure(exc)})" for iid, exc in sorted(failures.items()))
+    if all(exc.code == Code.DEADLINE_EXCEEDED for exc in failures.values()):
+        return ConnectError(
+            Code.DEADLINE_EXCEEDED, f"{rpc}: no subsystem answered in time: {names}"
+        )
     return ConnectError(Code.UNAVAILABLE, f"{rpc}: no subsystem answered: {names}")
 
 
@@ -99,7 +129,17 @@ def agreed_error(rpc: str, failures: Mapping[str, ConnectError]) -> ConnectError
     return all_failed_error(rpc, failures)
 
 
-async def _run_one(target: UpstreamClients, call: UpstreamCall[T], timeout_ms: int) -> T:
+async def _run_one(
+    target: UpstreamClients, call: UpstreamCall[T], budget: Budget, slots: asyncio.Semaphore
+) -> T:
+    async with slots:
+        timeout_ms = budget.remaining_ms()
+        if timeout_ms <= 0:
+            raise ConnectError(Code.DEADLINE_EXCEEDED, "no time left before the caller's deadline")
+        return await _call(target, call, timeout_ms)
+
+
+async def _call(target: UpstreamClients, call: UpstreamCall[T], timeout_ms: int) -> T:
     try:
         return await call(target, timeout_ms)
     except ConnectError:
@@ -110,14 +150,15 @@ async def _run_one(target: UpstreamClients, call: UpstreamCall[T], timeout_ms: i
 
 
 async def gather(
-    targets: Sequence[UpstreamClients], call: UpstreamCall[T], timeout_ms: int
+    targets: Sequence[UpstreamClients], call: UpstreamCall[T], budget: Budget
 ) -> Gathered[T]:
-    """Ask every target in parallel; collect answers and failures by subsystem id."""
+    """Ask every target (at most budget.concurrency at once); answers and failures by id."""
     result: Gathered[T] = Gathered()
     if not targets:
         return result
+    slots = asyncio.Semaphore(budget.concurrency)
     outcomes = await asyncio.gather(
-        *(_run_one(t, call, timeout_ms) for t in targets), return_exceptions=True
+        *(_run_one(t, call, budget, slots) for t in targets), return_exceptions=True
     )
     for target, outcome in zip(targets, outcomes, strict=True):
         if isinstance(outcome, ConnectError):
@@ -130,19 +171,23 @@ async def gather(
 
 
 async def first_success(
-    targets: Sequence[UpstreamClients], call: UpstreamCall[T], timeout_ms: int
+    targets: Sequence[UpstreamClients], call: UpstreamCall[T], budget: Budget
 ) -> tuple[str, T] | dict[str, ConnectError]:
     """Ask every target; return (subsystem id, answer) of the first success.
 
-    The other calls are cancelled as soon as one succeeds, or as soon as one gives
-    a definitive answer (e.g. failed_precondition), which is raised. When none
-    succeeds the failures are returned by subsystem id, for the caller to turn into
-    the right error (not_found only when every subsystem said not found).
+    The other calls are cancelled as soon as one succeeds. Errors do not end the
+    search: a subsystem that does not own the subject may say so with any code (an
+    engine that validates ids answers invalid_argument), and only the owner's answer
+    decides. When none succeeds the failures are returned by subsystem id, for
+    `not_found_or_unavailable` to turn into the right error.
     """
     failures: dict[str, ConnectError] = {}
     if not targets:
         return failures
-    tasks = {asyncio.ensure_future(_run_one(t, call, timeout_ms)): t.instance_id for t in targets}
+    slots = asyncio.Semaphore(budget.concurrency)
+    tasks = {
+        asyncio.ensure_future(_run_one(t, call, budget, slots)): t.instance_id for t in targets
+    }
     pending = set(tasks)
     try:
         while pending:
@@ -153,8 +198,6 @@ async def first_success(
                     return tasks[task], task.result()
                 if not isinstance(exc, ConnectError):
                     raise exc
-                if exc.code in DEFINITIVE_CODES:
-                    raise routed_error(tasks[task], exc)
                 failures[tasks[task]] = exc
         return failures
     finally:
@@ -170,45 +213,78 @@ async def first_success(
 def routed_error(instance_id: str, exc: ConnectError) -> ConnectError:
     """A subsystem's error as the caller should see it.
 
-    Answers from the subsystem (not_found, failed_precondition, ...) keep their code
-    and message; transport-level failures keep their code but get a message that
-    names the subsystem instead of leaking connection details.
+    What the subsystem answered (failed_precondition, not_found, even internal: Go
+    subsystems answer every refusal so) reaches the caller with its own code and
+    message, and is logged with the subsystem's id. A call that never got an answer
+    (unreachable, timed out) keeps its code but gets the gateway's words, naming the
+    subsystem instead of leaking connection details.
     """
-    if exc.code in TRANSPORT_CODES:
-        return ConnectError(exc.code, f"subsystem {instance_id} {describe_failure(exc)}")
-    return exc
+    if is_subsystems_answer(exc):
+        log.info("subsystem %s answered %s: %s", instance_id, exc.code.name, exc.message)
+        return exc
+    return ConnectError(exc.code, f"subsystem {instance_id} {describe_failure(exc)}")
 
 
 def not_found_or_unavailable(
     what: str, failures: Mapping[str, ConnectError], rpc: str
 ) -> ConnectError:
-    """not_found only when every subsystem said so; otherwise the ones that failed are named."""
+    """The error for a lookup no subsystem answered with success.
+
+    not_found when every subsystem answered and none has it. A subsystem that could
+    not be asked (unreachable, stale, timed out) might own it: unavailable, naming
+    them (deadline_exceeded when time ran out for all of them). When exactly one
+    subsystem answered something other than not_found, it owns the subject and its
+    answer is passed on.
+    """
     if not failures:
         return no_subsystem_error(rpc)
-    if all(exc.code == Code.NOT_FOUND for exc in failures.values()):
-        return ConnectError(Code.NOT_FOUND, f"{what} was not found in any subsystem")
-    unanswered = {iid: exc for iid, exc in failures.items() if exc.code != Code.NOT_FOUND}
-    if len(unanswered) == 1:
-        # One subsystem did not say "not found": it owns the answer, keep its code.
-        ((instance_id, exc),) = unanswered.items()
+    others = {iid: exc for iid, exc in failures.items() if exc.code != Code.NOT_FOUND}
+    unasked = {iid: exc for iid, exc in others.items() if not is_subsystems_answer(exc)}
+    answered = {iid: exc for iid, exc in others.items() if iid not in unasked}
+    if unasked:
+        names = ", ".join(
+            f"{iid} ({describe_failure(exc)})" for iid, exc in sorted(unasked.items())
+        )
+        code = (
+            Code.DEADLINE_EXCEEDED
+            if all(exc.code == Code.DEADLINE_EXCEEDED for exc in unasked.values())
+            else Code.UNAVAILABLE
+        )
+        return ConnectError(
+            code, f"{what} was not found in the subsystems that answered; not asked: {names}"
+        )
+    if len(answered) == 1:
+        ((instance_id, exc),) = answered.items()
         return routed_error(instance_id, exc)
-    names = ", ".join(f"{iid} ({describe_failure(exc)})" for iid, exc in sorted(unanswered.items()))
-    return ConnectError(
-        Code.UNAVAILABLE,
-        f"{what} was not found in the subsystems that answered; these did not: {names}",
-    )
+    if answered:  # several refused it in their own ways (e.g. id validation): nobody has it
+        names = ", ".join(
+            f"{iid} ({exc.code.name.lower()})" for iid, exc in sorted(answered.items())
+        )
+        return ConnectError(Code.NOT_FOUND, f"{what} was not found in any subsystem ({names})")
+    return ConnectError(Code.NOT_FOUND, f"{what} was not found in any subsystem")
 
 
 class FanOut:
     """Chooses whom a gateway call asks, under which deadline, and reports who was missing."""
 
-    def __init__(self, registry: Registry, pool: UpstreamPool, timeout_s: float) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        pool: UpstreamPool,
+        timeout_s: float,
+        concurrency: int = DEFAULT_CONCURRENCY,
+    ) -> None:
         self._registry = registry
         self._pool = pool
         self._timeout_s = timeout_s
+        self._concurrency = concurrency
 
     def timeout_ms(self, ctx: CallContext) -> int:
         return upstream_timeout_ms(ctx, self._timeout_s)
+
+    def budget(self, ctx: CallContext) -> Budget:
+        """The budget of one fan-out made now on behalf of this call."""
+        return Budget(self.timeout_ms(ctx), self._concurrency)
 
     def connected(self, ids: Iterable[str] | None = None) -> list[UpstreamClients]:
         """Clients of the connected subsystems (all, or those among `ids`), by id."""
@@ -225,7 +301,7 @@ class FanOut:
         """Registered subsystems that cannot be asked now (stale): they might own it."""
         skip = set(exclude)
         return {
-            inst.id: ConnectError(Code.UNAVAILABLE, "stale")
+            inst.id: UpstreamUnreached(Code.UNAVAILABLE, "stale")
             for inst in self._registry.instances()
             if not inst.connected and inst.id not in skip
         }
@@ -256,7 +332,7 @@ class FanOut:
         wanted = None if ids is None else list(ids)
         targets = self.connected(wanted)
         self.note_stale(ctx, wanted)
-        result: Gathered[T] = await gather(targets, call, self.timeout_ms(ctx))
+        result: Gathered[T] = await gather(targets, call, self.budget(ctx))
         result.report(ctx, rpc)
         result.raise_if_all_failed(rpc)
         return result.answers

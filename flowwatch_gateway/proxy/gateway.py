@@ -9,7 +9,9 @@ workflow). `Gateway.backends()` is what the Connect service layer serves.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
+
+from connectrpc.interceptor import Interceptor
 
 from flowwatch_gateway.config import GatewayConfig
 from flowwatch_gateway.proxy.analytics import AnalyticsProxy
@@ -22,6 +24,7 @@ from flowwatch_gateway.proxy.streams import StreamsProxy
 from flowwatch_gateway.proxy.upstream import Connect, SharedTransports
 from flowwatch_gateway.proxy.workflows import WorkflowsProxy
 from flowwatch_gateway.registry.base import Registry
+from flowwatch_gateway.registry.endpoints import EndpointChecker, EndpointPolicy
 
 __all__ = ["Gateway"]
 
@@ -30,16 +33,25 @@ class Gateway:
     """Proxies the FlowWatch API to the subsystems in the registry."""
 
     def __init__(
-        self, registry: Registry, config: GatewayConfig, *, connect: Connect | None = None
+        self,
+        registry: Registry,
+        config: GatewayConfig,
+        *,
+        connect: Connect | None = None,
+        endpoint_policy: EndpointPolicy | None = None,
+        interceptors: Callable[[str], Sequence[Interceptor]] | None = None,
     ) -> None:
-        """`connect` replaces the network (tests); by default clients share real transports."""
-        self._transports = SharedTransports()
+        """`connect` replaces the network (tests); by default clients share real transports,
+        which check every call's endpoint against `endpoint_policy` when one is given;
+        `interceptors` observe every upstream call (by subsystem id)."""
+        checker = None if endpoint_policy is None else EndpointChecker(endpoint_policy)
+        self._transports = SharedTransports(checker, interceptors=interceptors)
         self.pool = UpstreamPool(
             registry,
             timeout_s=config.upstream_timeout,
             connect=connect or self._transports.connect,
         )
-        fan = FanOut(registry, self.pool, config.upstream_timeout)
+        fan = FanOut(registry, self.pool, config.upstream_timeout, config.fanout_concurrency)
         self.router = Router(registry, self.pool, fan, config.run_cache_size)
         # Signs every cursor; random unless the operator shares one between replicas.
         cursor_key = config.cursor_key.encode() or secrets.token_bytes(32)

@@ -24,6 +24,9 @@ class RunOwnerCache:
             raise ValueError(f"RunOwnerCache capacity must be at least 1; got {capacity}")
         self._capacity = capacity
         self._owners: OrderedDict[str, str] = OrderedDict()
+        # Lookups answered / not answered, for the gateway's metrics.
+        self.hits = 0
+        self.misses = 0
 
     @property
     def capacity(self) -> int:
@@ -33,7 +36,10 @@ class RunOwnerCache:
         """The instance that owns run_id, or None; a hit makes the entry most recent."""
         instance_id = self._owners.get(run_id)
         if instance_id is not None:
+            self.hits += 1
             self._owners.move_to_end(run_id)
+        else:
+            self.misses += 1
         return instance_id
 
     def put(self, run_id: str, instance_id: str) -> None:
@@ -51,12 +57,6 @@ class RunOwnerCache:
     def forget(self, run_id: str) -> None:
         """Drop one entry, e.g. after its owner answered not_found."""
         self._owners.pop(run_id, None)
-
-    def forget_instance(self, instance_id: str) -> None:
-        """Drop every entry owned by an instance that left, so calls are not routed to it."""
-        stale = [run_id for run_id, owner in self._owners.items() if owner == instance_id]
-        for run_id in stale:
-            del self._owners[run_id]
 
     def __len__(self) -> int:
         return len(self._owners)

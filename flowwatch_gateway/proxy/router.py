@@ -36,6 +36,9 @@ __all__ = ["Router"]
 
 T = TypeVar("T")
 
+# Unknown run ids of one bulk action looked up at the same time.
+PARALLEL_LOOKUPS = 8
+
 
 class Router:
     """Routes run- and workflow-scoped calls; keeps the run-owner cache in step with removals."""
@@ -54,7 +57,8 @@ class Router:
         """A (re-)registration keeps the runs it owned: same subsystem, same runs."""
 
     def subsystem_removed(self, instance: SubsystemInstance) -> None:
-        self.owners.forget_instance(instance.id)
+        """Nothing to do, in O(1): a cached owner that is not connected counts as a miss,
+        and its entries age out of the LRU (scanning 100k entries per removal did not)."""
 
     # --- runs ------------------------------------------------------------------------
     def remember(self, instance_id: str, run_ids: Iterable[str]) -> None:
@@ -97,7 +101,7 @@ class Router:
                 return owner, await call(clients, self._fan.timeout_ms(ctx))
             except ConnectError as exc:
                 raise routed_error(owner, exc) from None
-        outcome = await first_success(targets, call, self._fan.timeout_ms(ctx))
+        outcome = await first_success(targets, call, self._fan.budget(ctx))
         if isinstance(outcome, dict):
             outcome.update(self._fan.unreachable(outcome))
             raise not_found_or_unavailable(f"run {run_id!r}", outcome, rpc)
@@ -112,7 +116,7 @@ class Router:
     async def _locate(
         self, rpc: str, run_id: str, ctx: CallContext, targets: Sequence[UpstreamClients]
     ) -> str:
-        located = await first_success(targets, _get_run_call(run_id), self._fan.timeout_ms(ctx))
+        located = await first_success(targets, _get_run_call(run_id), self._fan.budget(ctx))
         if isinstance(located, dict):
             located.update(self._fan.unreachable(located))
             raise not_found_or_unavailable(f"run {run_id!r}", located, rpc)
@@ -130,11 +134,15 @@ class Router:
         for owner in [o for o in grouped if self._pool.connected_clients(o) is None]:
             unknown.extend(grouped.pop(owner))
 
+        # Each unknown id is a lookup in every subsystem: a few at a time, not 1,000.
+        lookups = asyncio.Semaphore(PARALLEL_LOOKUPS)
+
         async def locate(run_id: str) -> tuple[str, str | ConnectError]:
-            try:
-                return run_id, await self.locate_run("GetRun", run_id, ctx)
-            except ConnectError as exc:
-                return run_id, exc
+            async with lookups:
+                try:
+                    return run_id, await self.locate_run("GetRun", run_id, ctx)
+                except ConnectError as exc:
+                    return run_id, exc
 
         errors: dict[str, str] = {}
         for run_id, found in await asyncio.gather(*(locate(r) for r in unknown)):
@@ -153,13 +161,13 @@ class Router:
         failures: dict[str, ConnectError] = {}
         owner_targets = self._fan.connected(owners)
         if owner_targets:
-            outcome = await first_success(owner_targets, call, self._fan.timeout_ms(ctx))
+            outcome = await first_success(owner_targets, call, self._fan.budget(ctx))
             if not isinstance(outcome, dict):
                 return outcome[1]
             failures.update(outcome)
         others = [c for c in self._fan.connected() if c.instance_id not in set(owners)]
         if others:
-            outcome = await first_success(others, call, self._fan.timeout_ms(ctx))
+            outcome = await first_success(others, call, self._fan.budget(ctx))
             if not isinstance(outcome, dict):
                 return outcome[1]
             failures.update(outcome)

@@ -159,7 +159,7 @@ class RunsProxy:
             known = self._page_order.get(c.instance_id)
             return await read_after(fetch, after, limit, field, descending, known)
 
-        result = await gather(targets, read, self._fan.timeout_ms(ctx))
+        result = await gather(targets, read, self._fan.budget(ctx))
         result.report(ctx, "ListRuns")
         result.raise_if_all_failed("ListRuns")
         for instance_id, reading in result.answers.items():
@@ -203,14 +203,16 @@ class RunsProxy:
             run_id: runs.BulkActionResult(run_id=run_id, success=False, error=message)
             for run_id, message in errors.items()
         }
-        timeout_ms = self._fan.timeout_ms(ctx)
+        budget = self._fan.budget(ctx)
+        slots = asyncio.Semaphore(budget.concurrency)
 
         async def on_instance(instance_id: str, ids: list[str]) -> None:
             clients = self._pool.get(instance_id)
             try:
                 if clients is None:
                     raise _NOT_CONNECTED
-                answered = await call(clients, ids, timeout_ms)
+                async with slots:
+                    answered = await call(clients, ids, max(1, budget.remaining_ms()))
             except ConnectError as exc:
                 reason = routed_error(instance_id, exc).message
                 for run_id in ids:

@@ -64,7 +64,7 @@ class SearchProxy:
         self._fan.note_stale(ctx, wanted)
         if not targets:
             return {}
-        result: Gathered[T] = await gather(targets, call, self._fan.timeout_ms(ctx))
+        result: Gathered[T] = await gather(targets, call, self._fan.budget(ctx))
         if not result.answers:
             raise agreed_error(rpc, result.failures)
         reported: Gathered[T] = Gathered(
@@ -124,7 +124,7 @@ class SearchProxy:
             return await c.search.explain(request, timeout_ms=timeout_ms)
 
         targets = self._fan.targets("Explain", ctx)
-        outcome = await first_success(targets, call, self._fan.timeout_ms(ctx))
+        outcome = await first_success(targets, call, self._fan.budget(ctx))
         if isinstance(outcome, dict):
             raise agreed_error("Explain", outcome)
         return outcome[1]

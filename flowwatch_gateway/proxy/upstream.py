@@ -15,16 +15,19 @@ to HTTP/1.1 when the subsystem does not speak it; https endpoints negotiate via 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import pyqwest
+from connectrpc.code import Code
 from connectrpc.errors import ConnectError
+from connectrpc.interceptor import Interceptor
 from connectrpc.protocol import ProtocolType
 
 from flowwatch_gateway import exit_guard
-from flowwatch_gateway.errors import NEGOTIATION_FAILURE_CODES
+from flowwatch_gateway.errors import NEGOTIATION_FAILURE_CODES, UpstreamUnreached
 from flowwatch_gateway.gen.flowwatch.v1 import (
     analytics_service_connect,
     run_service_connect,
@@ -33,6 +36,7 @@ from flowwatch_gateway.gen.flowwatch.v1 import (
     workflow_service_connect,
     workflow_service_pb2,
 )
+from flowwatch_gateway.registry.endpoints import EndpointChecker
 
 log = logging.getLogger(__name__)
 exit_guard.install()
@@ -73,6 +77,8 @@ class UpstreamClients:
     endpoint: str
     mode: HttpMode
     transport: pyqwest.Transport
+    # Observers of every call (metrics, trace headers); see serving/observe.py.
+    interceptors: Sequence[Interceptor] = ()
     workflows: workflow_service_connect.WorkflowServiceClient = field(init=False)
     runs: run_service_connect.RunServiceClient = field(init=False)
     analytics: analytics_service_connect.AnalyticsServiceClient = field(init=False)
@@ -86,6 +92,7 @@ class UpstreamClients:
             "send_compression": None,
             "read_max_bytes": READ_MAX_BYTES,
             "http_client": pyqwest.Client(self.transport),
+            "interceptors": self.interceptors,
         }
         self.workflows = workflow_service_connect.WorkflowServiceClient(address, **options)
         self.runs = run_service_connect.RunServiceClient(address, **options)
@@ -106,23 +113,65 @@ The one seam between the proxy and the network: production connects through
 """
 
 
+class GuardedTransport:
+    """The gateway's upstream transport: policy-checked, and clear about what never arrived.
+
+    Registration checks an endpoint once; a name can later resolve elsewhere (DNS
+    rebinding), so with a checker every request's endpoint is checked again before it
+    is dialed (verdicts are cached briefly). A refusal, like a connection that could
+    not be made, is `UpstreamUnreached` (unavailable): this subsystem cannot be asked,
+    a broadcast goes on with the others, and the caller is told so in the gateway's
+    words. Every other error is the subsystem's own answer.
+    """
+
+    def __init__(self, inner: pyqwest.Transport, checker: EndpointChecker | None) -> None:
+        self._inner = inner
+        self._checker = checker
+
+    async def execute(self, request: pyqwest.Request) -> pyqwest.Response:
+        if self._checker is not None:
+            parts = urlsplit(request.url)
+            try:
+                await self._checker.ensure_allowed(f"{parts.scheme}://{parts.netloc}")
+            except ConnectError as exc:
+                raise UpstreamUnreached(Code.UNAVAILABLE, exc.message) from None
+        try:
+            return await self._inner.execute(request)
+        except ConnectError:
+            raise
+        except Exception as exc:  # refused, reset, DNS, TLS: the request never got an answer
+            message = f"could not reach the subsystem: {exc}"
+            raise UpstreamUnreached(Code.UNAVAILABLE, message) from exc
+
+
 class SharedTransports:
     """One pyqwest transport per HTTP mode, made on first use, shared by every subsystem."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        checker: EndpointChecker | None = None,
+        *,
+        interceptors: Callable[[str], Sequence[Interceptor]] | None = None,
+    ) -> None:
+        """`interceptors` gives the interceptors for one subsystem's clients, by its id."""
+        self._checker = checker
+        self._interceptors = interceptors
         self._by_mode: dict[HttpMode, pyqwest.HTTPTransport] = {}
+        self._guarded: dict[HttpMode, GuardedTransport] = {}
 
     def connect(
         self, instance_id: str, endpoint: str, mode: HttpMode | None = None
     ) -> UpstreamClients:
         mode = mode or initial_mode(endpoint)
-        transport = self._by_mode.get(mode)
+        transport = self._guarded.get(mode)
         if transport is None:
-            transport = self._by_mode[mode] = _transport(mode)
-        return UpstreamClients(instance_id, endpoint, mode, transport)
+            plain = self._by_mode[mode] = _transport(mode)
+            transport = self._guarded[mode] = GuardedTransport(plain, self._checker)
+        interceptors = () if self._interceptors is None else self._interceptors(instance_id)
+        return UpstreamClients(instance_id, endpoint, mode, transport, interceptors)
 
     async def aclose(self) -> None:
-        transports, self._by_mode = list(self._by_mode.values()), {}
+        transports, self._by_mode, self._guarded = list(self._by_mode.values()), {}, {}
         for transport in transports:
             await transport.aclose()
 

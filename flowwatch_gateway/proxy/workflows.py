@@ -1,12 +1,16 @@
 """WorkflowService through the gateway: workflows, subsystems, traces, capabilities.
 
-Workflow lookups route by the registry's workflow index; the subsystem list is the
-gateway's own view of its registrations merged with what each subsystem says of
-itself (never an error for lack of answers); traces are stitched from every
-subsystem's part; capabilities are what the connected subsystems announced.
+The workflow list and capabilities are what the registry already knows (announced
+at registration or discovered right after), so listing them asks nobody. Workflow
+lookups route by the registry's workflow index. The subsystem list is the gateway's
+own view of its registrations merged with what each subsystem says of itself: never
+an error for lack of answers, and a subsystem that cannot answer now is shown with
+its last known stats, marked as such. Traces are stitched from every subsystem's part.
 """
 
 from __future__ import annotations
+
+from datetime import UTC, datetime
 
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
@@ -18,10 +22,9 @@ from flowwatch_gateway.proxy.fanout import FanOut, gather
 from flowwatch_gateway.proxy.merge import catalog, trace
 from flowwatch_gateway.proxy.merge.runs import owned
 from flowwatch_gateway.proxy.paging import CursorError
-from flowwatch_gateway.proxy.pool import fetch_all_workflows
 from flowwatch_gateway.proxy.router import Router
 from flowwatch_gateway.proxy.upstream import UpstreamClients
-from flowwatch_gateway.registry.base import Registry
+from flowwatch_gateway.registry.base import Registry, SubsystemInstance
 
 __all__ = ["WorkflowsProxy"]
 
@@ -34,17 +37,29 @@ class WorkflowsProxy:
     ) -> None:
         self._registry = registry
         self._secret = cursor_key
+        # Each subsystem's last ListSubsystems answer and when it came.
+        self._last_seen: dict[str, tuple[datetime, wf.ListSubsystemsResponse]] = {}
+        registry.add_listener(self)
         self._fan = fan
         self._router = router
 
+    # --- registry listener -------------------------------------------------------------
+    def subsystem_registered(self, instance: SubsystemInstance) -> None:
+        """A new registration starts without remembered stats of the one before."""
+        self._last_seen.pop(instance.id, None)
+
+    def subsystem_removed(self, instance: SubsystemInstance) -> None:
+        self._last_seen.pop(instance.id, None)
+
+    # --- WorkflowService -----------------------------------------------------------------
     async def list_workflows(
         self, request: wf.ListWorkflowsRequest, ctx: CallContext
     ) -> wf.ListWorkflowsResponse:
-        async def fetch(c: UpstreamClients, timeout_ms: int) -> wf.ListWorkflowsResponse:
-            return wf.ListWorkflowsResponse(workflows=await fetch_all_workflows(c, timeout_ms))
-
-        answers = await self._fan.gather("ListWorkflows", ctx, fetch)
-        merged = [definition for _, definition in catalog.merge_workflows(answers)]
+        known = {
+            inst.id: wf.ListWorkflowsResponse(workflows=inst.workflows)
+            for inst in self._registry.instances()
+        }
+        merged = [definition for _, definition in catalog.merge_workflows(known)]
         try:
             page, next_cursor, total = catalog.paginate_list(
                 merged, request.pagination.cursor, request.pagination.limit, secret=self._secret
@@ -91,27 +106,53 @@ class WorkflowsProxy:
     async def list_subsystems(
         self, request: wf.ListSubsystemsRequest, ctx: CallContext
     ) -> wf.ListSubsystemsResponse:
-        # Never an error for lack of answers: the gateway's own view is the answer then.
-        async def call(c: UpstreamClients, timeout_ms: int) -> wf.ListSubsystemsResponse:
-            return await c.workflows.list_subsystems(request, timeout_ms=timeout_ms)
+        return await self._subsystems(ctx)
 
-        result = await gather(self._fan.connected(), call, self._fan.timeout_ms(ctx))
+    async def _subsystems(
+        self, ctx: CallContext, only: str | None = None
+    ) -> wf.ListSubsystemsResponse:
+        """Every subsystem (or the registered one `only` names), merged with the registry.
+
+        Never an error for lack of answers: the gateway's own view is the answer then.
+        """
+
+        async def call(c: UpstreamClients, timeout_ms: int) -> wf.ListSubsystemsResponse:
+            return await c.workflows.list_subsystems(
+                wf.ListSubsystemsRequest(), timeout_ms=timeout_ms
+            )
+
+        wanted = None if only is None else [only]
+        self._fan.note_stale(ctx, wanted)
+        result = await gather(self._fan.connected(wanted), call, self._fan.budget(ctx))
         result.report(ctx, "ListSubsystems")
-        return catalog.merge_subsystems(result.answers, self._instance_views())
+        now = datetime.now(UTC)
+        for instance_id, answer in result.answers.items():
+            self._last_seen[instance_id] = (now, answer)
+        views = [v for v in self._instance_views() if only is None or v.instance_id == only]
+        remembered = {
+            iid: seen for iid, seen in self._last_seen.items() if iid not in result.answers
+        }
+        return catalog.merge_subsystems(result.answers, views, remembered)
 
     async def get_subsystem(
         self, request: wf.GetSubsystemRequest, ctx: CallContext
     ) -> wf.GetSubsystemResponse:
+        """A registered subsystem is asked alone; any other id may be a name some
+        subsystem reports for itself, so then the whole list is consulted."""
         wanted = request.subsystem_id
-        overview = await self.list_subsystems(wf.ListSubsystemsRequest(), ctx)
+        registered = self._registry.get(wanted) is not None
+        overview = await self._subsystems(ctx, wanted if registered else None)
         summary = next((s for s in overview.subsystems if s.subsystem.id == wanted), None)
+        if summary is None and registered and len(overview.subsystems) == 1:
+            summary = overview.subsystems[0]  # it reports itself under another id
         if summary is None:
             raise ConnectError(Code.NOT_FOUND, f"subsystem {wanted!r} is not known to the gateway")
-        instance_ids = summary.subsystem.metadata.get(catalog.META_INSTANCE, wanted).split(",")
+        members = summary.subsystem.metadata.get(catalog.META_INSTANCE, wanted).split(",")
+        instance_ids = [wanted] if registered else members
         workflows = [
             definition
-            for inst in self._registry.instances()
-            if inst.id in instance_ids
+            for instance_id in instance_ids
+            if (inst := self._registry.get(instance_id)) is not None
             for definition in inst.workflows
         ]
         return wf.GetSubsystemResponse(subsystem=summary, workflows=workflows)

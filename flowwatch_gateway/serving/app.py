@@ -76,8 +76,9 @@ def create_app(
         else None
     )
     registry: Registry = shared if shared is not None else InMemoryRegistry(clock)
-    gateway = Gateway(registry, config)
     register_service = RegisterService(registry, config)
+    # One endpoint policy: checked when a subsystem registers and again on every call.
+    gateway = Gateway(registry, config, endpoint_policy=register_service.endpoint_policy)
     registry.add_listener(register_service)
     if shared is not None:
         shared.disconnect_handler = register_service.disconnect

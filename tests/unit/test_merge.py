@@ -226,7 +226,8 @@ def test_subsystems_merge_counts_and_never_hide_silent_instances() -> None:
     assert meta["gateway.last_heartbeat"].split(",")[0] == "2026-11-27T12:00:00.250Z"
 
     shipping = by_id["shipping"]
-    assert shipping.subsystem.name == "shipping name"
+    # The stock UI calls a card healthy from its failure count alone: the name says it.
+    assert shipping.subsystem.name == "shipping name — unreachable"
     assert shipping.workflow_count == 7
     assert shipping.subsystem.metadata["gateway.state"] == "stale"
     assert shipping.subsystem.metadata["gateway.stale_since"] == "2026-11-27T12:00:05.000Z"
@@ -619,6 +620,31 @@ def test_bulk_results_follow_request_order_including_repeats_and_gaps() -> None:
         ("r3", False, "already finished", ""),
     ]
     assert merged[0] is not merged[2]
+
+
+def test_a_silent_instance_keeps_its_last_known_stats_marked_with_their_age() -> None:
+    seen_at = datetime(2026, 11, 27, 11, 59, tzinfo=UTC)
+    last = wf.ListSubsystemsResponse(
+        subsystems=[summary("payments", workflows=3, active=4, failed=2, rate=0.5)]
+    )
+    views = [
+        view("payments", "stale", stale_since=datetime(2026, 11, 27, 12, tzinfo=UTC)),
+        view("orders"),
+    ]
+    fresh = {"orders": wf.ListSubsystemsResponse(subsystems=[summary("orders", 1, 0, 0, 0.0)])}
+
+    remembered = {"payments": (seen_at, last), "orders": (seen_at, last)}
+    merged = merge_subsystems(fresh, views, remembered)
+
+    by_id = {s.subsystem.id: s for s in merged.subsystems}
+    payments = by_id["payments"]
+    assert (payments.active_runs, payments.failed_last_hour) == (4, 2)  # not zeroed
+    assert payments.subsystem.name == "Payments — unreachable"
+    assert payments.subsystem.metadata["gateway.stats_as_of"] == "2026-11-27T11:59:00.000Z"
+    assert payments.subsystem.metadata["gateway.answered"] == "false"
+    orders = by_id["orders"]  # answered now: the fresh answer wins over the remembered one
+    assert orders.subsystem.name == "Orders"
+    assert "gateway.stats_as_of" not in orders.subsystem.metadata
 
 
 def test_heartbeats_in_other_time_zones_are_reported_in_utc() -> None:

@@ -9,11 +9,13 @@ tests in tests/e2e cover the real leg.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, MutableMapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import pyqwest
 import pytest
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
@@ -27,7 +29,7 @@ from flowwatch_gateway.gen.flowwatch.v1 import gateway_service_pb2, types_pb2
 from flowwatch_gateway.gen.flowwatch.v1 import run_service_pb2 as runs
 from flowwatch_gateway.gen.flowwatch.v1 import workflow_service_pb2 as wf
 from flowwatch_gateway.proxy.gateway import Gateway
-from flowwatch_gateway.proxy.upstream import HttpMode, UpstreamClients
+from flowwatch_gateway.proxy.upstream import GuardedTransport, HttpMode, UpstreamClients
 from flowwatch_gateway.registry.memory import InMemoryRegistry
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
@@ -47,7 +49,13 @@ class Subsystem:
     calls: list[str] = field(default_factory=list)
     # rpc path -> seconds to wait before answering (a slow subsystem)
     delays: dict[str, float] = field(default_factory=dict)
-    down: bool = False
+    # rpc path -> (Connect code, message) to answer with instead of the engine
+    answers: dict[str, tuple[str, str]] = field(default_factory=dict)
+    down: bool = False  # connections are refused
+
+    def transport(self) -> pyqwest.Transport:
+        """The gateway's guarded transport in front of this subsystem's app, in-process."""
+        return GuardedTransport(_Refusable(self, ASGITransport(self.app())), None)
 
     def app(self) -> ASGIApp:
         inner = create_demo_app(self.engine)
@@ -56,8 +64,8 @@ class Subsystem:
             if scope["type"] == "http":
                 rpc = scope["path"].rsplit("/", 1)[-1]
                 self.calls.append(rpc)
-                if self.down:
-                    await _connect_error(send, "unavailable", "connection refused")
+                if rpc in self.answers:
+                    await _connect_error(send, *self.answers[rpc])
                     return
                 await asyncio.sleep(self.delays.get(rpc, 0.0))
             await inner(scope, receive, send)
@@ -65,12 +73,26 @@ class Subsystem:
         return app
 
 
+@dataclass
+class _Refusable:
+    """Refuses connections while the subsystem is down, as a dead process's port does."""
+
+    subsystem: Subsystem
+    inner: ASGITransport
+
+    async def execute(self, request: pyqwest.Request) -> pyqwest.Response:
+        if self.subsystem.down:
+            raise ConnectionRefusedError(111, "Connection refused")
+        return await self.inner.execute(request)
+
+
 async def _connect_error(send: Send, code: str, message: str) -> None:
-    body = f'{{"code":"{code}","message":"{message}"}}'.encode()
+    body = json.dumps({"code": code, "message": message}).encode()
+    status = {"internal": 500, "invalid_argument": 400, "failed_precondition": 400}.get(code, 500)
     await send(
         {
             "type": "http.response.start",
-            "status": 503,
+            "status": status,
             "headers": [(b"content-type", b"application/json")],
         }
     )
@@ -104,10 +126,10 @@ async def stack() -> AsyncIterator[Stack]:
         name: Subsystem(InMemoryEngine.demo(name, seed=seed, now=NOW, run_count=RUNS_EACH))
         for seed, name in enumerate(("orders", "payments", "shipping"))
     }
-    apps = {f"http://{name}.test": s.app() for name, s in subsystems.items()}
+    transports = {f"http://{name}.test": s.transport() for name, s in subsystems.items()}
 
     def connect(instance_id: str, endpoint: str, mode: HttpMode | None) -> UpstreamClients:
-        return UpstreamClients(instance_id, endpoint, mode or "h2c", ASGITransport(apps[endpoint]))
+        return UpstreamClients(instance_id, endpoint, mode or "h2c", transports[endpoint])
 
     registry = InMemoryRegistry()
     gateway = Gateway(registry, GatewayConfig(upstream_timeout=2.0), connect=connect)
@@ -236,12 +258,114 @@ async def test_stale_subsystems_are_not_asked_and_are_named(stack: Stack) -> Non
 
 
 @pytest.mark.anyio
-async def test_removal_forgets_the_run_owners_of_that_subsystem(stack: Stack) -> None:
-    run_id = stack.subsystems["orders"].engine.data.runs[0].id
+async def test_a_removed_owner_is_not_asked_even_while_cached(stack: Stack) -> None:
+    orders = stack.subsystems["orders"]
+    run_id = orders.engine.data.runs[0].id
     await stack.gateway.runs.get_run(runs.GetRunRequest(run_id=run_id), stack.ctx())
     assert stack.gateway.router.owners.get(run_id) == "orders"
 
     stack.registry.deregister("orders")
+    orders.calls.clear()
 
-    assert stack.gateway.router.owners.get(run_id) is None
+    with pytest.raises(ConnectError) as gone:
+        await stack.gateway.runs.get_run(runs.GetRunRequest(run_id=run_id), stack.ctx())
+    assert gone.value.code == Code.NOT_FOUND  # the others were asked and do not have it
+    assert orders.calls == []
     assert stack.gateway.pool.get("orders") is None
+
+
+@pytest.mark.anyio
+async def test_the_owners_own_error_reaches_the_caller_with_its_code_and_words(
+    stack: Stack,
+) -> None:
+    """Go subsystems answer every refusal as internal; the words are what matter."""
+    owner = stack.subsystems["orders"]
+    run = owner.engine.data.runs[0]
+    stack.gateway.router.owners.put(run.id, "orders")
+    owner.answers["CancelRun"] = ("internal", "invalid RunState: from Completed | to Cancelled")
+
+    with pytest.raises(ConnectError) as refused:
+        await stack.gateway.runs.cancel_run(runs.CancelRunRequest(run_id=run.id), stack.ctx())
+
+    assert refused.value.code == Code.INTERNAL
+    assert refused.value.message == "invalid RunState: from Completed | to Cancelled"
+
+
+@pytest.mark.anyio
+async def test_an_unreachable_owner_is_named_in_the_gateways_words(stack: Stack) -> None:
+    run = stack.subsystems["orders"].engine.data.runs[0]
+    stack.gateway.router.owners.put(run.id, "orders")
+    stack.subsystems["orders"].down = True
+
+    with pytest.raises(ConnectError) as unreachable:
+        await stack.gateway.runs.get_run(runs.GetRunRequest(run_id=run.id), stack.ctx())
+
+    assert unreachable.value.code == Code.UNAVAILABLE
+    assert unreachable.value.message == "subsystem orders unavailable"  # no socket details
+
+
+@pytest.mark.anyio
+async def test_a_non_owner_refusing_the_id_does_not_fail_the_lookup(stack: Stack) -> None:
+    """An engine that validates ids answers invalid_argument for ids that are not its own."""
+    stack.subsystems["orders"].answers["GetRun"] = ("invalid_argument", "run_id is not a UUID")
+    stack.subsystems["orders"].delays["GetRun"] = 0.0
+    run = stack.subsystems["shipping"].engine.data.runs[0]
+    stack.subsystems["shipping"].delays["GetRun"] = 0.2  # the owner answers last
+
+    answer = await stack.gateway.runs.get_run(runs.GetRunRequest(run_id=run.id), stack.ctx())
+
+    assert isinstance(answer, runs.GetRunResponse)
+    assert answer.run.id == run.id
+
+
+@pytest.mark.anyio
+async def test_a_spent_deadline_ends_as_deadline_exceeded(stack: Stack) -> None:
+    for s in stack.subsystems.values():
+        s.delays["ListRuns"] = 1.0
+    with pytest.raises(ConnectError) as late:
+        await stack.gateway.runs.list_runs(runs.ListRunsRequest(), stack.ctx(timeout=0.3))
+    assert late.value.code == Code.DEADLINE_EXCEEDED
+
+
+@pytest.mark.anyio
+async def test_get_subsystem_asks_that_subsystem_alone_and_lists_only_its_workflows(
+    stack: Stack,
+) -> None:
+    answer = await stack.gateway.workflows.get_subsystem(
+        wf.GetSubsystemRequest(subsystem_id="payments"), stack.ctx()
+    )
+
+    assert answer.subsystem.subsystem.id == "payments"
+    assert {w.subsystem_id for w in answer.workflows} == {"payments"}
+    assert stack.subsystems["payments"].calls == ["ListSubsystems"]
+    assert stack.subsystems["orders"].calls == stack.subsystems["shipping"].calls == []
+
+
+@pytest.mark.anyio
+async def test_list_workflows_is_answered_from_the_registry(stack: Stack) -> None:
+    answer = await stack.gateway.workflows.list_workflows(wf.ListWorkflowsRequest(), stack.ctx())
+
+    assert {w.id for w in answer.workflows} == {"wf-orders", "wf-payments", "wf-shipping"}
+    assert all(s.calls == [] for s in stack.subsystems.values())
+
+
+@pytest.mark.anyio
+async def test_a_stale_subsystem_keeps_its_last_stats_and_says_it_is_unreachable(
+    stack: Stack,
+) -> None:
+    before = await stack.gateway.workflows.list_subsystems(wf.ListSubsystemsRequest(), stack.ctx())
+    payments_before = next(s for s in before.subsystems if s.subsystem.id == "payments")
+    assert payments_before.active_runs > 0
+    instance = stack.registry.get("payments")
+    assert instance is not None
+    stack.registry.mark_stale("payments", instance.epoch)
+    ctx = stack.ctx()
+
+    after = await stack.gateway.workflows.list_subsystems(wf.ListSubsystemsRequest(), ctx)
+
+    payments = next(s for s in after.subsystems if s.subsystem.id == "payments")
+    assert payments.subsystem.name.endswith(" — unreachable")
+    assert payments.active_runs == payments_before.active_runs  # not zeroed
+    assert payments.failed_last_hour == payments_before.failed_last_hour
+    assert payments.subsystem.metadata["gateway.stats_as_of"]
+    assert "payments: stale" in _partial_failures(ctx)

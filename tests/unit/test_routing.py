@@ -45,15 +45,14 @@ def test_put_of_existing_key_refreshes_and_updates_owner() -> None:
     assert cache.get("a") == "i2"
 
 
-def test_put_many_and_forget_instance() -> None:
+def test_put_many_and_forget() -> None:
     cache = RunOwnerCache(10)
     cache.put_many([("a", "i1"), ("b", "i2"), ("c", "i1")])
-    cache.forget_instance("i1")
-    assert len(cache) == 1
+    assert len(cache) == 3
     assert cache.get("b") == "i2"
-    assert cache.get("a") is None
     cache.forget("b")
-    assert len(cache) == 0
+    assert cache.get("b") is None
+    assert len(cache) == 2
 
 
 def test_group_by_owner_batches_known_and_lists_unknown_once() -> None:

@@ -41,6 +41,10 @@ META_ANSWERED = "gateway.answered"
 
 
 META_REGISTRATION = "gateway.registration"
+META_STATS_AS_OF = "gateway.stats_as_of"
+# Appended to the name of a subsystem none of whose instances is connected: the stock
+# UI labels a card from its failure count alone and would call it healthy.
+UNREACHABLE_SUFFIX = " — unreachable"
 
 
 STATE_UNKNOWN = "unknown"
@@ -101,7 +105,9 @@ class InstanceView:
 
 
 def merge_subsystems(
-    responses: Mapping[str, wf.ListSubsystemsResponse], instances: Sequence[InstanceView]
+    responses: Mapping[str, wf.ListSubsystemsResponse],
+    instances: Sequence[InstanceView],
+    remembered: Mapping[str, tuple[datetime, wf.ListSubsystemsResponse]] | None = None,
 ) -> wf.ListSubsystemsResponse:
     """One summary per logical subsystem id, with the gateway's view added as metadata.
 
@@ -120,12 +126,22 @@ def merge_subsystems(
     `gateway.stale_since` when known. A registered instance that did not answer (or
     whose answer did not mention it) is never hidden: it joins the entry with its
     own id, or gets an entry built from the registry. Sorted by subsystem id.
+
+    `remembered` holds instances' last answers (time, answer): an instance that did
+    not answer now is shown with its last known stats and `gateway.stats_as_of`
+    rather than as an idle, healthy-looking subsystem; an entry none of whose
+    instances is connected gets UNREACHABLE_SUFFIX on its name.
     """
     views = {view.instance_id: view for view in instances}
+    as_of = {iid: moment for iid, (moment, _) in (remembered or {}).items() if iid not in responses}
+    shown = dict(responses)
+    for iid, (_, answer) in (remembered or {}).items():
+        if iid in views:
+            shown.setdefault(iid, answer)
     groups: dict[str, list[tuple[str, wf.SubsystemSummary]]] = {}
-    for instance_id in sorted(responses):
+    for instance_id in sorted(shown):
         reported: set[str] = set()
-        for summary in responses[instance_id].subsystems:
+        for summary in shown[instance_id].subsystems:
             subsystem_id = summary.subsystem.id
             if subsystem_id in reported:
                 continue
@@ -153,7 +169,9 @@ def merge_subsystems(
         else:
             summary = synthesized[subsystem_id]
             member_ids = [subsystem_id]
-        _annotate(summary, member_ids, views, answered=set(responses))
+        _annotate(summary, member_ids, views, answered=set(responses), as_of=as_of)
+        if not any(iid in views and views[iid].state == "connected" for iid in member_ids):
+            summary.subsystem.name = (summary.subsystem.name or subsystem_id) + UNREACHABLE_SUFFIX
         merged.subsystems.append(summary)
     return merged
 
@@ -199,6 +217,7 @@ def _annotate(
     member_ids: Sequence[str],
     views: Mapping[str, InstanceView],
     answered: set[str],
+    as_of: Mapping[str, datetime],
 ) -> None:
     states, answers, heartbeats, endpoints, stale_since = [], [], [], [], []
     registrations = []
@@ -219,6 +238,9 @@ def _annotate(
     metadata[META_ENDPOINT] = ",".join(endpoints)
     if any(stale_since):
         metadata[META_STALE_SINCE] = ",".join(stale_since)
+    stats_as_of = [_rfc3339(as_of[iid]) if iid in as_of else "" for iid in member_ids]
+    if any(stats_as_of):
+        metadata[META_STATS_AS_OF] = ",".join(stats_as_of)
 
 
 def _rfc3339(moment: datetime) -> str:
