@@ -1,7 +1,7 @@
 """A real redis-server for tests: its own process on a free loopback port, no persistence.
 
 `dev.py test` installs Debian's redis-server where it is missing (as root); elsewhere
-the tests that need it are skipped with a message naming the package.
+the tests that need it are skipped (`redis_server()`) with a message naming the package.
 """
 
 from __future__ import annotations
@@ -16,6 +16,10 @@ from flowwatch_gateway.processes import Child, child_env, free_port
 from tests.support.harness import ROOT
 
 STARTUP_TIMEOUT = 10.0
+MISSING = (
+    "redis-server is not installed: `python3 dev.py test` installs it as root "
+    "(apt-get install -y redis-server); otherwise install Debian's redis-server"
+)
 
 
 class RedisServer(Child):
@@ -26,10 +30,7 @@ class RedisServer(Child):
         self.url = f"redis://127.0.0.1:{self.port}/0"
         binary = shutil.which("redis-server")
         if binary is None:
-            pytest.skip(
-                "redis-server is not installed: `python3 dev.py test` installs it as root "
-                "(apt-get install -y redis-server); otherwise install Debian's redis-server"
-            )
+            raise FileNotFoundError(MISSING)
         command = [
             binary,
             "--port",
@@ -61,6 +62,8 @@ class RedisServer(Child):
 
 def redis_server() -> Iterator[RedisServer]:
     """Generator for fixtures: a started server, stopped on teardown."""
+    if shutil.which("redis-server") is None:
+        pytest.skip(MISSING)
     server = RedisServer()
     with server:
         server.start_ready()
