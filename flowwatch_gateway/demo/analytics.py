@@ -18,7 +18,7 @@ from connectrpc.errors import ConnectError
 from google.protobuf import duration_pb2, timestamp_pb2
 
 from flowwatch_gateway.api import sketch as sketches
-from flowwatch_gateway.api.sketch import nearest_rank
+from flowwatch_gateway.api.sketch import nearest_rank as nearest_rank  # the shared rule
 from flowwatch_gateway.gen.flowwatch.v1 import (
     analytics_service_pb2 as analytics,
 )
