@@ -51,6 +51,28 @@ def ensure_redis_server() -> None:
     )
 
 
+def ensure_chromium() -> None:
+    """The /status page is tested in headless Chromium: install Debian's browser and driver."""
+    missing = [tool for tool in ("chromium", "chromedriver") if not shutil.which(tool)]
+    if not missing:
+        return
+    if hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("apt-get"):
+        print("installing chromium and chromium-driver (apt-get) for the status page tests")
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update"], check=True, env=env)
+        subprocess.run(
+            ["apt-get", "install", "-y", "chromium", "chromium-driver"], check=True, env=env
+        )
+        return
+    print(
+        f"{' and '.join(missing)} not on PATH and this is not root, so the status page's "
+        "browser test will be skipped. Install them first: "
+        "`sudo apt-get install -y chromium chromium-driver` (Debian/Ubuntu).",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
 def main() -> int:
     if sys.version_info < (3, 11):  # noqa: UP036 - dev.py runs before the venv exists
         sys.exit("Python 3.11 or newer is required")
@@ -61,6 +83,7 @@ def main() -> int:
     if command == "test":
         ensure_venv("[dev]")
         ensure_redis_server()
+        ensure_chromium()
         # -m "" also runs the tests marked slow, which a plain `pytest` skips.
         code = subprocess.call([str(BIN / "python"), "-m", "pytest", "-m", "", *rest], cwd=ROOT)
         if code == PYTEST_NO_TESTS_COLLECTED:

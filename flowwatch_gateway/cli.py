@@ -55,7 +55,7 @@ def run_serve(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     from flowwatch_gateway.serving.server import configure_logging, serve
 
-    configure_logging(config.log_level)
+    configure_logging(config.log_level, config.log_format)
     return serve(config)
 
 

@@ -23,6 +23,7 @@ from flowwatch_gateway.registry.keys import load_keys_file
 ServerKind = Literal["pyvoy", "uvicorn"]
 SERVER_KINDS: tuple[ServerKind, ...] = ("pyvoy", "uvicorn")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+LOG_FORMATS = ("text", "json")
 ALL_INTERFACES = "0.0.0.0"
 # Settings whose values are never logged or shown.
 SECRET_FIELDS = ("api_key", "cursor_key")
@@ -115,7 +116,12 @@ class GatewayConfig:
     # Empty: the in-memory registry (one replica). Set: replicas share it on Redis.
     redis_url: str = ""
     fanout_concurrency: int = 64
+    watch_poll_interval: float = 2.0
     exact_analytics_max_runs: int = 20_000
+    # `host:port` of a separate listener for /metrics and /status; empty = the main port.
+    metrics_addr: str = ""
+    log_format: str = "text"
+    trace_propagation: bool = False
 
     def __post_init__(self) -> None:
         _check(1 <= self.port <= 65535, "port", self.port, "must be between 1 and 65535")
@@ -128,6 +134,12 @@ class GatewayConfig:
             "must be greater than 0",
         )
         _check(self.run_cache_size > 0, "run_cache_size", self.run_cache_size, "must be at least 1")
+        _check(
+            0 < self.watch_poll_interval <= 60,
+            "watch_poll_interval",
+            self.watch_poll_interval,
+            "must be greater than 0 and at most 1m",
+        )
         _check(
             self.fanout_concurrency > 0,
             "fanout_concurrency",
@@ -147,6 +159,17 @@ class GatewayConfig:
             self.log_level,
             f"must be one of {', '.join(LOG_LEVELS)}",
         )
+        _check(
+            self.log_format in LOG_FORMATS,
+            "log_format",
+            self.log_format,
+            f"must be one of {', '.join(LOG_FORMATS)}",
+        )
+        if self.metrics_addr:
+            try:
+                parse_addr(self.metrics_addr)
+            except ValueError as exc:
+                raise ConfigError(f"metrics_addr {exc}, got {self.metrics_addr!r}") from None
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError(
                 "GATEWAY_TLS_CERT (--tls-cert) and GATEWAY_TLS_KEY (--tls-key) must be set "
@@ -221,13 +244,21 @@ class GatewayConfig:
             "GATEWAY_CURSOR_KEY": self.cursor_key,
             "GATEWAY_REDIS_URL": self.redis_url,
             "GATEWAY_FANOUT_CONCURRENCY": str(self.fanout_concurrency),
+            "GATEWAY_WATCH_POLL_INTERVAL": format_go_duration(self.watch_poll_interval),
             "GATEWAY_EXACT_ANALYTICS_MAX_RUNS": str(self.exact_analytics_max_runs),
+            "GATEWAY_METRICS_ADDR": self.metrics_addr,
+            "GATEWAY_LOG_FORMAT": self.log_format,
+            "GATEWAY_TRACE_PROPAGATION": "true" if self.trace_propagation else "false",
         }
         return env
 
     def describe(self) -> str:
         """One log line with the effective settings; secrets are never shown."""
-        parts = []
+        return " ".join(f"{name}={value}" for name, value in self.masked_items())
+
+    def masked_items(self) -> list[tuple[str, str]]:
+        """(setting, value shown to people) pairs; secrets read only `set` or `unset`."""
+        items = []
         for field in fields(self):
             value = getattr(self, field.name)
             if field.name in SECRET_FIELDS:
@@ -236,8 +267,8 @@ class GatewayConfig:
                 value = redact_url(value) or "unset"
             elif isinstance(value, float):
                 value = f"{value:g}s"
-            parts.append(f"{field.name}={value}")
-        return " ".join(parts)
+            items.append((field.name, str(value)))
+        return items
 
 
 def redact_url(url: str) -> str:
@@ -364,6 +395,16 @@ def _host_rules_field(name: str) -> Callable[[str], dict[str, Any]]:
         return {name: tuple(rule.text for rule in parse_host_rules(text))}
 
     return parse
+
+
+def _metrics_addr_field(text: str) -> dict[str, Any]:
+    """Empty (serve on the main port) or a listen address, kept in GATEWAY_ADDR form."""
+    if not text.strip():
+        return {"metrics_addr": ""}
+    parsed = parse_addr(text)
+    host = parsed["host"]
+    host = f"[{host}]" if ":" in host else host
+    return {"metrics_addr": f"{host}:{parsed['port']}"}
 
 
 def parse_redis_url(text: str) -> dict[str, Any]:
@@ -551,6 +592,14 @@ SETTINGS: tuple[Setting, ...] = (
         ("redis_url",),
     ),
     Setting(
+        "GATEWAY_WATCH_POLL_INTERVAL",
+        "--watch-poll-interval",
+        "2s",
+        "how often WatchRuns polls subsystems that have no StreamService (Go duration)",
+        _duration_field("watch_poll_interval", allow_zero=False),
+        ("watch_poll_interval",),
+    ),
+    Setting(
         "GATEWAY_FANOUT_CONCURRENCY",
         "--fanout-concurrency",
         "64",
@@ -566,5 +615,30 @@ SETTINGS: tuple[Setting, ...] = (
         "percentiles exactly for subsystems that send no sketches; above it, approximate",
         _positive_int_field("exact_analytics_max_runs"),
         ("exact_analytics_max_runs",),
+    ),
+    Setting(
+        "GATEWAY_METRICS_ADDR",
+        "--metrics-addr",
+        "",
+        "host:port of a separate listener for /metrics and /status (then /metrics is not "
+        "served on the main port); empty: both on the main port",
+        _metrics_addr_field,
+        ("metrics_addr",),
+    ),
+    Setting(
+        "GATEWAY_LOG_FORMAT",
+        "--log-format",
+        "text",
+        "text (one line per event) or json (one JSON object per line)",
+        _choice_field("log_format", LOG_FORMATS),
+        ("log_format",),
+    ),
+    Setting(
+        "GATEWAY_TRACE_PROPAGATION",
+        "--trace-propagation",
+        "false",
+        "true: pass the caller's W3C traceparent/tracestate on to the upstream calls it causes",
+        _bool_field("trace_propagation"),
+        ("trace_propagation",),
     ),
 )

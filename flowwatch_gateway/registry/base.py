@@ -72,6 +72,11 @@ class SubsystemInstance:
     def connected(self) -> bool:
         return self.state is SubsystemState.CONNECTED
 
+    @property
+    def log_fields(self) -> dict[str, str]:
+        """Structured log fields (`extra=`) naming this registration; see serving/logs.py."""
+        return {"subsystem_id": self.id, "registration_id": self.registration_id}
+
 
 class RegistryListener(Protocol):
     """Told about registrations so per-subsystem resources can follow them."""

@@ -47,6 +47,7 @@ class HealthMonitor:
                 instance.name,
                 instance.endpoint,
                 self.stale_after,
+                extra=instance.log_fields,
             )
         for instance in result.removed:
             log.info(
@@ -55,6 +56,7 @@ class HealthMonitor:
                 instance.name,
                 instance.endpoint,
                 self._grace_period,
+                extra=instance.log_fields,
             )
         return result
 

@@ -15,6 +15,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
+from typing import Protocol
 
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
@@ -44,6 +45,7 @@ from flowwatch_gateway.registry.validation import (
 log = logging.getLogger(__name__)
 
 FIRST_MESSAGE_TIMEOUT_S = 10.0
+MAX_UNANSWERED_PINGS = 8
 
 REASON_REPLACED = "replaced by a newer registration of the same subsystem id"
 REASON_EXPIRED = "registration expired: stale for longer than the grace period"
@@ -53,6 +55,10 @@ REASON_SHUTDOWN = "gateway shutting down"
 # claimant retries for as long as both run, and one line says all there is to say.
 REFUSAL_LOG_INTERVAL_S = 600.0
 REFUSAL_LOG_MAX_PAIRS = 1024
+# Other refusals (bad key, bad request, refused endpoint, ...) are logged once per
+# (reason, subsystem id, peer) in this window, with the count of those left out: a
+# misconfigured subsystem retries forever and must not flood the log.
+REJECTION_LOG_INTERVAL_S = 60.0
 
 
 class _OncePerPair:
@@ -77,6 +83,58 @@ class _OncePerPair:
         return 0 if seen is None else seen[1]
 
 
+class RegisterObserver(Protocol):
+    """Told about registration outcomes and heartbeats (the gateway's metrics)."""
+
+    def registration(self, result: str) -> None:
+        """`accepted`, or one of REJECTION_LABELS."""
+
+    def heartbeat(self, rtt_seconds: float) -> None:
+        """A pong answered the ping sent `rtt_seconds` ago."""
+
+
+# Bounded reason labels for refused registrations, by the code they were refused with.
+_REJECTION_LABELS = {
+    Code.UNAUTHENTICATED: "invalid_api_key",
+    Code.INVALID_ARGUMENT: "invalid_argument",
+    Code.PERMISSION_DENIED: "permission_denied",
+    Code.ALREADY_EXISTS: "already_exists",
+    Code.UNAVAILABLE: "draining",
+    Code.DEADLINE_EXCEEDED: "timeout",
+}
+REJECTION_LABELS = (*dict.fromkeys(_REJECTION_LABELS.values()), "other")
+
+
+def rejection_label(code: Code) -> str:
+    return _REJECTION_LABELS.get(code, "other")
+
+
+class _Rejection(Exception):
+    """A refused registration: the error to end the stream with, and what to log.
+
+    `answer`, when set, is sent as RegisterResponse.reject_reason before the error;
+    `detail` is the log text (None: already logged where it was decided).
+    `log_key` decides which refusals share one rate-limited log line.
+    """
+
+    def __init__(
+        self,
+        error: ConnectError,
+        registration: RegisterRequest | None,
+        detail: str | None,
+        *,
+        answer: str | None = None,
+        log_key: tuple[str, ...] = (),
+    ) -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.registration = registration
+        self.detail = detail
+        self.answer = answer
+        self.log_key = log_key
+        self.reason = rejection_label(error.code)
+
+
 class _Session:
     """One accepted Register stream; lets others ask it to send a disconnect and end."""
 
@@ -87,6 +145,28 @@ class _Session:
         self.error: ConnectError | None = None
         self.closing = asyncio.Event()
         self.finished = asyncio.Event()
+        # Monotonic send time of the pings not answered yet, by their timestamp (which
+        # the pong echoes); bounded, since a silent subsystem never answers.
+        self._pings: OrderedDict[tuple[int, int], float] = OrderedDict()
+
+    def ping_sent(self) -> Timestamp:
+        stamp = _now()
+        self._pings[(stamp.seconds, stamp.nanos)] = time.monotonic()
+        while len(self._pings) > MAX_UNANSWERED_PINGS:
+            self._pings.popitem(last=False)
+        return stamp
+
+    def pong_received(self, echoed: Timestamp) -> float | None:
+        """Round trip of the ping this pong answers; None when that cannot be told.
+
+        The pong names its ping by echoing the timestamp (the SDK does). A client that
+        sends its own time instead is still measured while exactly one ping is
+        unanswered, since pongs answer pings one for one.
+        """
+        sent = self._pings.pop((echoed.seconds, echoed.nanos), None)
+        if sent is None and len(self._pings) == 1:
+            sent = self._pings.popitem()[1]
+        return None if sent is None else time.monotonic() - sent
 
     def close(self, reason: str | None) -> None:
         """Ask the stream to end; with a reason the subsystem first gets a DisconnectCommand."""
@@ -104,8 +184,10 @@ class RegisterService(gateway_service_connect.GatewayService):
         config: GatewayConfig,
         *,
         endpoint_policy: EndpointPolicy | None = None,
+        observer: RegisterObserver | None = None,
     ) -> None:
         self._registry = registry
+        self._observer = observer
         entries = load_keys_file(config.api_keys_file) if config.api_keys_file else ()
         self._keys = ApiKeys(config.api_key, entries)
         self.endpoint_policy = endpoint_policy or EndpointPolicy.for_listener(
@@ -118,6 +200,7 @@ class RegisterService(gateway_service_connect.GatewayService):
         self._sessions: dict[str, _Session] = {}
         self._draining = False
         self._refusals = _OncePerPair(REFUSAL_LOG_INTERVAL_S, REFUSAL_LOG_MAX_PAIRS)
+        self._rejections = _OncePerPair(REJECTION_LOG_INTERVAL_S, REFUSAL_LOG_MAX_PAIRS)
         if self._keys.open:
             log.warning(
                 "REGISTRATION IS OPEN TO ANYONE: no GATEWAY_API_KEY or GATEWAY_API_KEYS_FILE "
@@ -133,56 +216,20 @@ class RegisterService(gateway_service_connect.GatewayService):
         ctx: RequestContext[SubsystemMessage, GatewayMessage],
     ) -> AsyncIterator[GatewayMessage]:
         try:
-            async with asyncio.timeout(FIRST_MESSAGE_TIMEOUT_S):
-                registration = await _first_register_request(request)
-        except TimeoutError:
-            # Unauthenticated until then: don't let a silent peer hold a handler open.
-            raise ConnectError(
-                Code.DEADLINE_EXCEEDED,
-                f"no RegisterRequest within {FIRST_MESSAGE_TIMEOUT_S:g}s of opening the stream",
-            ) from None
-        if self._draining:
-            raise ConnectError(
-                Code.UNAVAILABLE, "the gateway is shutting down; register again shortly"
-            )
-        if not self._keys.accepts(registration.subsystem_id, registration.api_key):
-            log.info(
-                "subsystem rejected: id=%s name=%s endpoint=%s reason=invalid API key",
-                registration.subsystem_id[:80],
-                registration.subsystem_name[:80],
-                registration.flowwatch_endpoint[:200],
-            )
-            yield GatewayMessage(
-                registered=RegisterResponse(accepted=False, reject_reason="invalid API key")
-            )
-            raise ConnectError(Code.UNAUTHENTICATED, "invalid API key")
-        validate_register_request(registration)
-        endpoint = registration.flowwatch_endpoint
-        refusal = await endpoint_refusal(self.endpoint_policy, endpoint)
-        if refusal is not None:
-            log.info(
-                "subsystem rejected: id=%s endpoint=%s reason=%s",
-                registration.subsystem_id,
-                endpoint,
-                refusal,
-            )
-            raise ConnectError(
-                Code.PERMISSION_DENIED,
-                f"RegisterRequest.flowwatch_endpoint {endpoint!r} is refused: {refusal}",
-            )
-        # Decided after the last await, so no registration can slip in between.
-        holder = self._registry.get(registration.subsystem_id)
-        conflict = takeover_refusal(holder, registration)
-        if conflict is not None:
-            assert holder is not None
-            self._log_takeover_refused(holder, endpoint)
-            yield GatewayMessage(
-                registered=RegisterResponse(accepted=False, reject_reason=conflict)
-            )
-            raise ConnectError(Code.ALREADY_EXISTS, conflict)
+            registration = await self._admit(request)
+        except _Rejection as rejection:
+            # In-process callers (tests) may pass no context; a server always does.
+            self._rejected(rejection, (ctx.client_address if ctx is not None else None) or "")
+            if rejection.answer is not None:
+                yield GatewayMessage(
+                    registered=RegisterResponse(accepted=False, reject_reason=rejection.answer)
+                )
+            raise rejection.error from None
 
         instance = self._registry.register(registration)
         session = self._open_session(instance)
+        if self._observer is not None:
+            self._observer.registration("accepted")
         log.info(
             "subsystem registered: id=%s name=%s endpoint=%s registration=%s workflows=%d",
             instance.id,
@@ -190,6 +237,7 @@ class RegisterService(gateway_service_connect.GatewayService):
             instance.endpoint,
             instance.registration_id,
             len(instance.workflows),
+            extra=instance.log_fields,
         )
         reader = asyncio.create_task(self._read_pongs(request, session))
         try:
@@ -205,7 +253,7 @@ class RegisterService(gateway_service_connect.GatewayService):
                     async with asyncio.timeout(self._heartbeat):
                         await session.closing.wait()
                 if not session.closing.is_set():
-                    yield GatewayMessage(ping=Heartbeat(timestamp=_now()))
+                    yield GatewayMessage(ping=Heartbeat(timestamp=session.ping_sent()))
             if session.error is not None:
                 raise session.error
             if session.close_reason is not None:
@@ -214,6 +262,81 @@ class RegisterService(gateway_service_connect.GatewayService):
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
             self._end_session(session, instance)
+
+    async def _admit(self, request: AsyncIterator[SubsystemMessage]) -> RegisterRequest:
+        """The first RegisterRequest if it may register; otherwise raises _Rejection.
+
+        Decided after the last await, so no registration can slip in between this
+        and the caller's registry.register.
+        """
+        try:
+            async with asyncio.timeout(FIRST_MESSAGE_TIMEOUT_S):
+                registration = await _first_register_request(request)
+        except TimeoutError:
+            # Unauthenticated until then: don't let a silent peer hold a handler open.
+            message = (
+                f"no RegisterRequest within {FIRST_MESSAGE_TIMEOUT_S:g}s of opening the stream"
+            )
+            raise _Rejection(ConnectError(Code.DEADLINE_EXCEEDED, message), None, message) from None
+        except ConnectError as exc:
+            raise _Rejection(exc, None, exc.message) from None
+        if self._draining:
+            raise _Rejection(
+                ConnectError(
+                    Code.UNAVAILABLE, "the gateway is shutting down; register again shortly"
+                ),
+                registration,
+                "gateway draining",
+            )
+        if not self._keys.accepts(registration.subsystem_id, registration.api_key):
+            error = ConnectError(Code.UNAUTHENTICATED, "invalid API key")
+            raise _Rejection(error, registration, "invalid API key", answer="invalid API key")
+        try:
+            validate_register_request(registration)
+        except ConnectError as exc:
+            raise _Rejection(exc, registration, exc.message) from None
+        endpoint = registration.flowwatch_endpoint
+        refusal = await endpoint_refusal(self.endpoint_policy, endpoint)
+        if refusal is not None:
+            error = ConnectError(
+                Code.PERMISSION_DENIED,
+                f"RegisterRequest.flowwatch_endpoint {endpoint!r} is refused: {refusal}",
+            )
+            raise _Rejection(error, registration, refusal)
+        holder = self._registry.get(registration.subsystem_id)
+        conflict = takeover_refusal(holder, registration)
+        if conflict is not None:
+            assert holder is not None
+            self._log_takeover_refused(holder, endpoint)
+            error = ConnectError(Code.ALREADY_EXISTS, conflict)
+            raise _Rejection(error, registration, None, answer=conflict)
+        return registration
+
+    def _rejected(self, rejection: _Rejection, peer: str) -> None:
+        """Count a refusal and log it, at most once per (reason, id, peer host) a minute."""
+        if self._observer is not None:
+            self._observer.registration(rejection.reason)
+        if rejection.detail is None:
+            return  # logged where it was decided
+        registration = rejection.registration or RegisterRequest()
+        subsystem_id = registration.subsystem_id[:80]
+        peer_host = peer.rsplit(":", 1)[0]  # the source port changes on every attempt
+        suppressed = self._rejections.should_log((rejection.reason, subsystem_id, peer_host))
+        if suppressed is None:
+            return
+        log.info(
+            "subsystem rejected: id=%s name=%s endpoint=%s peer=%s reason=%s%s",
+            subsystem_id,
+            registration.subsystem_name[:80],
+            registration.flowwatch_endpoint[:200],
+            peer_host,
+            rejection.detail[:300],
+            f" ({suppressed} more attempt(s) since the last report; reported at most every "
+            f"{REJECTION_LOG_INTERVAL_S:.0f}s)"
+            if suppressed
+            else "",
+            extra={"subsystem_id": subsystem_id, "reason": rejection.reason, "peer": peer_host},
+        )
 
     # --- RegistryListener ------------------------------------------------------------
     def subsystem_registered(self, instance: SubsystemInstance) -> None:
@@ -273,6 +396,7 @@ class RegisterService(gateway_service_connect.GatewayService):
             holder.endpoint,
             suppressed,
             REFUSAL_LOG_INTERVAL_S,
+            extra={"subsystem_id": holder.id, "reason": "already_exists"},
         )
 
     def _open_session(self, instance: SubsystemInstance) -> _Session:
@@ -293,6 +417,7 @@ class RegisterService(gateway_service_connect.GatewayService):
                 instance.id,
                 instance.name,
                 instance.endpoint,
+                extra=instance.log_fields,
             )
 
     async def _read_pongs(
@@ -306,6 +431,9 @@ class RegisterService(gateway_service_connect.GatewayService):
                     if not self._registry.record_heartbeat(session.subsystem_id, session.epoch):
                         session.close(REASON_EXPIRED)
                         return
+                    rtt = session.pong_received(message.pong.timestamp)
+                    if rtt is not None and self._observer is not None:
+                        self._observer.heartbeat(rtt)
                 elif kind == "register":
                     session.error = ConnectError(
                         Code.FAILED_PRECONDITION,

@@ -11,6 +11,7 @@ import logging
 from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
+from starlette.datastructures import State
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
@@ -25,7 +26,7 @@ from flowwatch_gateway.api.context import (
 from flowwatch_gateway.api.services import flowwatch_routes
 from flowwatch_gateway.config import GatewayConfig
 from flowwatch_gateway.proxy.gateway import Gateway
-from flowwatch_gateway.registry.base import Clock, Registry
+from flowwatch_gateway.registry.base import Clock, Registry, SystemClock
 from flowwatch_gateway.registry.health import HealthMonitor
 from flowwatch_gateway.registry.memory import InMemoryRegistry
 from flowwatch_gateway.registry.redis import RedisRegistry
@@ -33,6 +34,7 @@ from flowwatch_gateway.registry.register import REASON_SHUTDOWN, RegisterService
 from flowwatch_gateway.serving.asgi_guard import GuardReceiveAfterBody
 from flowwatch_gateway.serving.control import serve_control_socket
 from flowwatch_gateway.serving.guards import ReadOnlyActions, RequireHttp2
+from flowwatch_gateway.serving.observability import Observability
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +78,18 @@ def create_app(
         else None
     )
     registry: Registry = shared if shared is not None else InMemoryRegistry(clock)
-    register_service = RegisterService(registry, config)
+    observability = Observability(
+        registry, config, clock or SystemClock(), lambda: readiness(app.state)[1]
+    )
+    register_service = RegisterService(registry, config, observer=observability.metrics)
     # One endpoint policy: checked when a subsystem registers and again on every call.
-    gateway = Gateway(registry, config, endpoint_policy=register_service.endpoint_policy)
+    gateway = Gateway(
+        registry,
+        config,
+        endpoint_policy=register_service.endpoint_policy,
+        interceptors=observability.upstream_interceptors,
+    )
+    observability.watch_owner_cache(gateway.router.owners)
     registry.add_listener(register_service)
     if shared is not None:
         shared.disconnect_handler = register_service.disconnect
@@ -102,6 +113,7 @@ def create_app(
         control = None
         if control_socket is not None:
             control = await serve_control_socket(control_socket, drain)
+        await observability.start()
         app.state.started = True
         try:
             yield
@@ -118,21 +130,18 @@ def create_app(
                 sync_task.cancel()
                 await asyncio.gather(sync_task, return_exceptions=True)
             await gateway.aclose()
+            await observability.stop()
             log.info("gateway stopped")
 
     async def healthz(request: Request) -> PlainTextResponse:
         return PlainTextResponse("ok")
 
     async def readyz(request: Request) -> PlainTextResponse:
-        state = request.app.state
+        status, text = readiness(request.app.state)
         # Redis being down never makes a replica unready (that would take every replica
         # out at once); the body tells operators instead.
         details = f"\n{shared.status()}\n" if shared is not None else ""
-        if state.draining:
-            return PlainTextResponse("draining" + details, status_code=503)
-        if not state.started:
-            return PlainTextResponse("starting" + details, status_code=503)
-        return PlainTextResponse("ready" + details)
+        return PlainTextResponse(text + details, status_code=status)
 
     routes: list[BaseRoute] = [
         Route("/healthz", healthz, methods=["GET", "HEAD"]),
@@ -144,6 +153,8 @@ def create_app(
         routes=routes,
         middleware=[
             Middleware(GuardReceiveAfterBody),
+            # Outside CORS: /metrics and /status never carry CORS headers.
+            *observability.middleware(),
             Middleware(
                 CORSMiddleware,
                 allow_origins=list(config.ui_origins),
@@ -163,3 +174,12 @@ def create_app(
     app.state.started = False
     app.state.draining = False
     return app
+
+
+def readiness(state: State) -> tuple[int, str]:
+    """(HTTP status, word) of /readyz, also shown on /status."""
+    if state.draining:
+        return 503, "draining"
+    if not state.started:
+        return 503, "starting"
+    return 200, "ready"

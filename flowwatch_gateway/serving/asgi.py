@@ -16,5 +16,5 @@ from flowwatch_gateway.serving.control import CONTROL_SOCKET_ENV
 from flowwatch_gateway.serving.server import configure_logging
 
 config = GatewayConfig.from_env()
-configure_logging(config.log_level)
+configure_logging(config.log_level, config.log_format)
 app = create_app(config, control_socket=os.environ.get(CONTROL_SOCKET_ENV) or None)

@@ -23,7 +23,6 @@ import contextlib
 import logging
 import signal
 import ssl
-import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -34,6 +33,9 @@ from pyvoy import LogLevel, PyvoyServer, StartupError
 from flowwatch_gateway import exit_guard
 from flowwatch_gateway.config import GatewayConfig
 from flowwatch_gateway.serving.control import CONTROL_SOCKET_ENV, request_drain
+from flowwatch_gateway.serving.logs import configure_logging
+
+__all__ = ["configure_logging", "serve"]
 
 log = logging.getLogger(__name__)
 
@@ -56,16 +58,6 @@ _ENVOY_LOG_LEVELS: dict[str, LogLevel] = {
     "error": "error",
     "critical": "critical",
 }
-
-
-def configure_logging(level: str) -> None:
-    """One log format for the supervisor and the app inside Envoy (both write to stderr)."""
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-        force=True,
-    )
 
 
 def stream_idle_timeout(heartbeat: float) -> float:

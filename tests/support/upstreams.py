@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import httpx
 
@@ -35,9 +36,18 @@ from tests.support.harness import (
 
 
 def start_demo_server(
-    subsystem_id: str, seed: int, now: datetime, port: int | None = None
+    subsystem_id: str,
+    seed: int,
+    now: datetime,
+    port: int | None = None,
+    *,
+    print_header: str | None = None,
 ) -> tuple[Child, str]:
-    """A demo FlowWatch subsystem under uvicorn; returns (process, endpoint URL)."""
+    """A demo FlowWatch subsystem under uvicorn; returns (process, endpoint URL).
+
+    With `print_header`, the server prints `HEADER <path> <value>` to its output (see
+    Child.logs) for every request carrying that header: what the gateway forwarded.
+    """
     port = port or free_port()
     proc = Child(
         f"demo server {subsystem_id}",
@@ -54,6 +64,7 @@ def start_demo_server(
             str(seed),
             "--now",
             now.isoformat(),
+            *(["--print-header", print_header] if print_header else []),
         ],
         cwd=ROOT,
     )
@@ -192,7 +203,20 @@ def _serve_demo(args: argparse.Namespace) -> None:
     from flowwatch_gateway.demo.engine import InMemoryEngine
 
     engine = InMemoryEngine.demo(args.id, seed=args.seed, now=datetime.fromisoformat(args.now))
-    uvicorn.run(create_demo_app(engine), host="127.0.0.1", port=args.port, log_level="warning")
+    app = create_demo_app(engine)
+    if args.print_header:
+        app = _printing_header(app, args.print_header.lower().encode())
+    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
+
+
+def _printing_header(app: Any, name: bytes) -> Any:
+    async def printing(scope: Any, receive: Any, send: Any) -> None:
+        for key, value in scope.get("headers", ()):
+            if key == name:
+                print(f"HEADER {scope['path']} {value.decode('latin-1')}", flush=True)
+        await app(scope, receive, send)
+
+    return printing
 
 
 def main() -> None:
@@ -203,6 +227,7 @@ def main() -> None:
     demo.add_argument("--port", type=int, required=True)
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--now", required=True)
+    demo.add_argument("--print-header")
     _serve_demo(parser.parse_args())
 
 
