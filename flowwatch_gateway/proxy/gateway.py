@@ -60,7 +60,9 @@ class Gateway:
         self.analytics = AnalyticsProxy(
             registry, fan, exact_max_runs=config.exact_analytics_max_runs
         )
-        self.streams = StreamsProxy(registry, self.pool, fan, self.router)
+        self.streams = StreamsProxy(
+            registry, self.pool, fan, self.router, poll_interval_s=config.watch_poll_interval
+        )
         self.search = SearchProxy(registry, fan, self.router, cursor_key=cursor_key)
 
     def backends(self) -> Mapping[str, object]:

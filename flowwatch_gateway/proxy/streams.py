@@ -1,15 +1,16 @@
 """StreamService through the gateway: fan-in of live streams.
 
-WatchRuns and WatchStats open the same stream on every connected subsystem and fan
-the events in through one queue as they arrive (no waiting for the slower ones, so
-the first event - which is what makes a Connect stream send its headers - is not
-delayed). WatchRun relays the stream of the run's owner. An upstream stream that
-fails is logged and the others carry on; the call ends with an error only when
-every upstream failed before anything was relayed. Subsystems that register after a
-stream started are not added to it: the UI reconnects its streams and then gets
-them. Upstream streams get no deadline of their own (only the caller's, when it set
-one), and are closed when the gateway stops or the caller goes away (the ASGI guard
-in serving/asgi_guard.py reports a departed caller within a second, even on a quiet
+WatchRuns follows the registry while it is open (run_watch.py): subsystems that
+register later join, re-registrations are re-attached, and subsystems without a
+StreamService are polled. WatchStats opens the same stream on every connected
+subsystem and fans the events in through one queue as they arrive (no waiting for
+the slower ones, so the first event - which is what makes a Connect stream send its
+headers - is not delayed). WatchRun relays the stream of the run's owner. An
+upstream stream that fails is logged and the others carry on; the call ends with an
+error only when every upstream failed before anything was relayed. Upstream streams
+get no deadline of their own (only the caller's, when it set one), and are closed
+when the gateway stops or the caller goes away (the ASGI guard in
+serving/asgi_guard.py reports a departed caller within a second, even on a quiet
 stream).
 """
 
@@ -18,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Generic, TypeVar
@@ -34,6 +35,7 @@ from flowwatch_gateway.proxy.merge import live
 from flowwatch_gateway.proxy.merge.runs import owned
 from flowwatch_gateway.proxy.pool import UpstreamPool
 from flowwatch_gateway.proxy.router import Router
+from flowwatch_gateway.proxy.run_watch import DEFAULT_POLL_INTERVAL_S, RunWatch
 from flowwatch_gateway.proxy.upstream import UpstreamClients
 from flowwatch_gateway.registry.base import Registry, SubsystemInstance
 
@@ -165,52 +167,74 @@ class StreamFanIn(Generic[T]):
 class StreamsProxy:
     """The gateway's StreamService."""
 
-    def __init__(self, registry: Registry, pool: UpstreamPool, fan: FanOut, router: Router) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        pool: UpstreamPool,
+        fan: FanOut,
+        router: Router,
+        *,
+        poll_interval_s: float = DEFAULT_POLL_INTERVAL_S,
+    ) -> None:
         self._registry = registry
         self._pool = pool
         self._fan = fan
         self._router = router
+        self._poll_interval_s = poll_interval_s
+        self._watches: set[RunWatch] = set()
+        registry.add_listener(self)
 
-    def _report_early_failures(self, fan_in: StreamFanIn[T], ctx: CallContext) -> None:
+    # --- registry listener: open WatchRuns streams follow registrations --------------
+    def subsystem_registered(self, instance: SubsystemInstance) -> None:
+        clients = self._pool.get(instance.id)
+        if clients is None:
+            return
+        registered = [inst.id for inst in self._registry.instances()]
+        for watch in self._watches:
+            if watch.wants(instance.id, registered):
+                watch.attach(instance, clients)
+
+    def subsystem_removed(self, instance: SubsystemInstance) -> None:
+        for watch in self._watches:
+            watch.detach(instance.id)
+
+    @staticmethod
+    def _report_early_failures(failures: Mapping[str, ConnectError], ctx: CallContext) -> None:
         """Put the failures so far into the response headers. Called before every event:
         the headers go out with the first one (or with the error), so failures after
         that can only be logged."""
-        for instance_id, exc in fan_in.failures.items():
+        for instance_id, exc in failures.items():
             if exc.code != Code.UNIMPLEMENTED:
                 ctx.add_partial_failure(instance_id, describe_failure(exc))
 
     async def watch_runs(
         self, request: stream.WatchRunsRequest, ctx: CallContext
     ) -> AsyncIterator[stream.RunEvent]:
-        wanted = _watched(self._registry.instances(), request.subsystem_ids)
-        targets = self._fan.targets("WatchRuns", ctx, wanted)
-        timeout_ms = stream_timeout_ms(ctx)
-
-        def open_stream(c: UpstreamClients) -> AsyncIterator[stream.RunEvent]:
-            return c.stream.watch_runs(request, timeout_ms=timeout_ms)
-
-        fan_in = StreamFanIn("WatchRuns", targets, open_stream, self._pool.track)
+        """Every watched subsystem's run events until the caller leaves (see run_watch.py)."""
+        watch = RunWatch(request, stream_timeout_ms(ctx), self._poll_interval_s, self._pool.track)
+        instances = self._registry.instances()
+        registered = [inst.id for inst in instances]
+        wanted = [inst.id for inst in instances if watch.wants(inst.id, registered)]
+        self._fan.note_stale(ctx, wanted)
+        self._watches.add(watch)
         try:
-            while True:
-                try:
-                    found = await fan_in.next()
-                except StopAsyncIteration:
-                    break
-                if found is None:
-                    continue
+            for instance in instances:
+                clients = self._pool.connected_clients(instance.id)
+                if clients is not None and instance.id in wanted:
+                    watch.attach(instance, clients)
+            while (found := await watch.next()) is not None:
                 instance_id, event = found
                 if event.HasField("run"):
                     owned(event.run, instance_id)
                 if event.run.id:
                     self._router.owners.put(event.run.id, instance_id)
-                self._report_early_failures(fan_in, ctx)
+                self._report_early_failures(watch.failures, ctx)
                 yield event
-            self._report_early_failures(fan_in, ctx)
-            error = fan_in.error_if_nothing_delivered()
-            if error is not None:
-                raise error
+            self._report_early_failures(watch.failures, ctx)
+            raise agreed_error("WatchRuns", watch.failures)
         finally:
-            await fan_in.aclose()
+            self._watches.discard(watch)
+            await watch.aclose()
 
     async def watch_run(
         self, request: stream.WatchRunRequest, ctx: CallContext
@@ -277,22 +301,15 @@ class StreamsProxy:
                     fresh.discard(gone)
                 round_complete = bool(latest) and fan_in.live <= fresh
                 if round_complete or (found is None and latest):
-                    self._report_early_failures(fan_in, ctx)
+                    self._report_early_failures(fan_in.failures, ctx)
                     yield live.merge_stats(latest.values(), datetime.now(UTC))
                     fresh.clear()
                     next_tick = time.monotonic() + interval
                 elif found is None:
                     next_tick = time.monotonic() + interval
-            self._report_early_failures(fan_in, ctx)
+            self._report_early_failures(fan_in.failures, ctx)
             error = fan_in.error_if_nothing_delivered()
             if error is not None:
                 raise error
         finally:
             await fan_in.aclose()
-
-
-def _watched(instances: Iterable[SubsystemInstance], subsystem_ids: Sequence[str]) -> list[str]:
-    """The subsystems a WatchRuns filter names; unknown ids (or none) mean all of them."""
-    every = [inst.id for inst in instances]
-    named = [iid for iid in every if iid in set(subsystem_ids)]
-    return named or every
