@@ -463,6 +463,8 @@ class RedisRegistry:
                 if reader.done():
                     reader.result()  # raises what ended it
                     raise RedisError("notification reader stopped")
+                if self._closing.is_set():
+                    continue  # flush once more, then stop
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self._tick)
