@@ -117,6 +117,7 @@ class GatewayConfig:
     redis_url: str = ""
     fanout_concurrency: int = 64
     watch_poll_interval: float = 2.0
+    self_preservation: float = 0.15
     exact_analytics_max_runs: int = 20_000
     # `host:port` of a separate listener for /metrics and /status; empty = the main port.
     metrics_addr: str = ""
@@ -134,6 +135,12 @@ class GatewayConfig:
             "must be greater than 0",
         )
         _check(self.run_cache_size > 0, "run_cache_size", self.run_cache_size, "must be at least 1")
+        _check(
+            0 <= self.self_preservation < 1,
+            "self_preservation",
+            self.self_preservation,
+            "must be a share from 0 (off) to below 1",
+        )
         _check(
             0 < self.watch_poll_interval <= 60,
             "watch_poll_interval",
@@ -245,6 +252,7 @@ class GatewayConfig:
             "GATEWAY_REDIS_URL": self.redis_url,
             "GATEWAY_FANOUT_CONCURRENCY": str(self.fanout_concurrency),
             "GATEWAY_WATCH_POLL_INTERVAL": format_go_duration(self.watch_poll_interval),
+            "GATEWAY_SELF_PRESERVATION": repr(self.self_preservation),
             "GATEWAY_EXACT_ANALYTICS_MAX_RUNS": str(self.exact_analytics_max_runs),
             "GATEWAY_METRICS_ADDR": self.metrics_addr,
             "GATEWAY_LOG_FORMAT": self.log_format,
@@ -328,6 +336,17 @@ def _duration_field(name: str, *, allow_zero: bool) -> Callable[[str], dict[str,
         if seconds < 0 or (seconds == 0 and not allow_zero):
             raise ValueError("must be greater than 0" if not allow_zero else "must not be negative")
         return {name: seconds}
+
+    return parse
+
+
+def _share_field(name: str) -> Callable[[str], dict[str, Any]]:
+    def parse(text: str) -> dict[str, Any]:
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError("expected a number such as 0.15") from None
+        return {name: value}
 
     return parse
 
@@ -590,6 +609,15 @@ SETTINGS: tuple[Setting, ...] = (
         "there; empty: in-memory registry, one replica",
         parse_redis_url,
         ("redis_url",),
+    ),
+    Setting(
+        "GATEWAY_SELF_PRESERVATION",
+        "--self-preservation",
+        "0.15",
+        "share of subsystems going stale at once (at least 3) above which none is removed, "
+        "since the gateway's own network is the likelier fault; 0 turns it off",
+        _share_field("self_preservation"),
+        ("self_preservation",),
     ),
     Setting(
         "GATEWAY_WATCH_POLL_INTERVAL",

@@ -27,7 +27,7 @@ from flowwatch_gateway.api.services import flowwatch_routes
 from flowwatch_gateway.config import GatewayConfig
 from flowwatch_gateway.proxy.gateway import Gateway
 from flowwatch_gateway.registry.base import Clock, Registry, SystemClock
-from flowwatch_gateway.registry.health import HealthMonitor
+from flowwatch_gateway.registry.health import HealthMonitor, SelfPreservation
 from flowwatch_gateway.registry.memory import InMemoryRegistry
 from flowwatch_gateway.registry.redis import RedisRegistry
 from flowwatch_gateway.registry.register import REASON_SHUTDOWN, RegisterService, gateway_asgi_app
@@ -93,7 +93,13 @@ def create_app(
     registry.add_listener(register_service)
     if shared is not None:
         shared.disconnect_handler = register_service.disconnect
-    monitor = HealthMonitor(registry, heartbeat=config.heartbeat, grace_period=config.grace_period)
+    monitor = HealthMonitor(
+        registry,
+        heartbeat=config.heartbeat,
+        grace_period=config.grace_period,
+        self_preservation=SelfPreservation(config.self_preservation),
+        clock=clock,
+    )
     gateway_app = gateway_asgi_app(register_service)
 
     async def drain() -> None:
@@ -171,15 +177,22 @@ def create_app(
     app.state.registry = registry
     app.state.register_service = register_service
     app.state.config = config
+    app.state.monitor = monitor
     app.state.started = False
     app.state.draining = False
     return app
 
 
 def readiness(state: State) -> tuple[int, str]:
-    """(HTTP status, word) of /readyz, also shown on /status."""
+    """(HTTP status, word) of /readyz, also shown on /status.
+
+    Self-preservation is shown here (still ready: the replica serves from its view).
+    """
     if state.draining:
         return 503, "draining"
     if not state.started:
         return 503, "starting"
+    guard = state.monitor.self_preservation
+    if guard.active:
+        return 200, f"ready (self-preservation: {guard.reason})"
     return 200, "ready"
