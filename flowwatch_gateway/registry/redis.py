@@ -39,8 +39,9 @@ the scripts), so replicas' clocks need not agree. Every replica runs the sweep
 script each tick: connected records whose stored heartbeat is older than
 `stale_after` turn stale, and stale ones older than the grace period are deleted.
 The script is atomic, so each change happens exactly once however many replicas
-sweep. Key expiry is not used for any of this. (A fleet-wide self-preservation rule
-does not exist in the in-memory registry either, so none is applied here.)
+sweep. Key expiry is not used for any of this. Self-preservation (health.py) applies
+across the fleet: a replica whose monitor suspends removals (remove_after=inf) holds a
+short lease key, renewed every tick, and no replica's sweep removes while it exists.
 
 Redis down. Nothing blocks: the view keeps serving, registrations are accepted
 locally (own entries stay dirty), `status()` reports the outage for /readyz and the
@@ -60,6 +61,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import secrets
 import socket
@@ -182,12 +184,20 @@ return lost
 """
 )
 
-# ARGV: prefix, stale_after_ms, remove_after_ms. Returns {went stale, removed}.
+# ARGV: prefix, stale_after_ms, remove_after_ms (-1: none), replica preserving (or '').
+# Returns {went stale, removed}. While any replica holds the self-preservation lease
+# (`<prefix>preserve`), nobody's sweep removes anything.
 _SWEEP = (
     _NOW
     + """
 local p = ARGV[1]
 local stale_after, remove_after = tonumber(ARGV[2]), tonumber(ARGV[3])
+if ARGV[4] ~= '' then
+  redis.call('SET', p .. 'preserve', ARGV[4], 'PX', math.max(stale_after * 2, 1000))
+end
+if remove_after < 0 or redis.call('EXISTS', p .. 'preserve') == 1 then
+  remove_after = nil
+end
 local went = redis.call('ZRANGEBYSCORE', p .. 'hb', '-inf', '(' .. (now - stale_after))
 for _, id in ipairs(went) do
   local key = p .. 'sub:' .. id
@@ -198,7 +208,10 @@ for _, id in ipairs(went) do
     redis.call('PUBLISH', p .. 'events', id)
   end
 end
-local removed = redis.call('ZRANGEBYSCORE', p .. 'stale', '-inf', now - remove_after)
+local removed = {}
+if remove_after then
+  removed = redis.call('ZRANGEBYSCORE', p .. 'stale', '-inf', now - remove_after)
+end
 for _, id in ipairs(removed) do
   redis.call('DEL', p .. 'sub:' .. id)
   redis.call('ZREM', p .. 'stale', id)
@@ -584,8 +597,16 @@ class RedisRegistry:
         # Give every replica one stale_after to rewrite its entries after an outage.
         if time.monotonic() - self._up_since < stale_after:
             return
+        # The health monitor passes remove_after=inf while self-preservation is on;
+        # the lease this sets makes every replica's sweep keep its hands off too.
+        preserving = math.isinf(remove_after)
         went, removed = await scripts.sweep(
-            args=[self._prefix, int(stale_after * 1000), int(remove_after * 1000)]
+            args=[
+                self._prefix,
+                int(stale_after * 1000),
+                -1 if preserving else int(remove_after * 1000),
+                self.replica_id if preserving else "",
+            ]
         )
         for item in went:
             log.info("subsystem stale: id=%s reason=no heartbeat stored", _text(item))

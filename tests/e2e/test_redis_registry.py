@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -206,3 +207,34 @@ async def test_redis_outage_keeps_serving_and_reconciles_after_a_restart(
         assert b.state("before") == "connected"
         assert a.registry.is_current("during", during.epoch)
         assert "connected" in a.registry.status()
+
+
+async def test_self_preservation_on_one_replica_stops_removals_fleet_wide(
+    server: RedisServer,
+) -> None:
+    async with replicas(server.url, "a", "b", "c") as (a, b, c):
+        c.registry.register(request("orders"))
+        await eventually(lambda: b.state("orders") == "connected", "orders on b")
+        c.kill()
+
+        def sweep_with_a_preserving() -> None:
+            a.registry.expire(stale_after=STALE_AFTER, remove_after=math.inf)
+            b.sweep()
+
+        def stale_on_b() -> bool:
+            sweep_with_a_preserving()
+            return b.state("orders") == "stale"
+
+        await eventually(stale_on_b, "orders stale")
+        deadline = time.monotonic() + 4 * GRACE
+        while time.monotonic() < deadline:  # b alone would have removed it by now
+            sweep_with_a_preserving()
+            await asyncio.sleep(0.05)
+        assert b.state("orders") == "stale"
+
+        def removed_once_a_lets_go() -> bool:
+            a.sweep()
+            b.sweep()
+            return b.state("orders") is None
+
+        await eventually(removed_once_a_lets_go, "orders removed after the lease ran out")
