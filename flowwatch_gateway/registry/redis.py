@@ -430,6 +430,10 @@ class RedisRegistry:
                 if self._up_since is not None:
                     delay = 0.1  # it was working: try again at once, then back off
                 self._went_down(exc)
+            except Exception as exc:
+                # A bug must not stop sharing for good: report it, start a new session.
+                log.exception("registry sync failed; starting over")
+                self._went_down(exc)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._closing.wait(), delay)
             delay = min(delay * 2, RECONNECT_MAX_S)
