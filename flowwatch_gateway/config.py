@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 from flowwatch_gateway.registry.endpoints import parse_host_rules
 from flowwatch_gateway.registry.keys import load_keys_file
+from flowwatch_gateway.urls import redact_url
 
 ServerKind = Literal["pyvoy", "uvicorn"]
 SERVER_KINDS: tuple[ServerKind, ...] = ("pyvoy", "uvicorn")
@@ -277,18 +278,6 @@ class GatewayConfig:
                 value = f"{value:g}s"
             items.append((field.name, str(value)))
         return items
-
-
-def redact_url(url: str) -> str:
-    """The URL with its password (if any) replaced by ***, for logs and probes."""
-    scheme, sep, rest = url.partition("://")
-    authority, slash, path = rest.partition("/")
-    userinfo, at, host = authority.rpartition("@")
-    if not sep or not at:
-        return url
-    user, colon, _ = userinfo.partition(":")
-    shown = f"{user}:***" if colon else "***"
-    return f"{scheme}://{shown}@{host}{slash}{path}"
 
 
 def _check(ok: bool, name: str, value: object, rule: str) -> None:

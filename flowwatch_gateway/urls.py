@@ -1,4 +1,4 @@
-"""URL checks shared by the gateway (registered endpoints) and the client (its options)."""
+"""URL helpers shared by the gateway (registered endpoints, settings) and the client."""
 
 from __future__ import annotations
 
@@ -17,3 +17,15 @@ def http_url_problem(url: str) -> str:
     if not parts.hostname:
         return "no host"
     return ""
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password (if any) replaced by ***, for logs and probes."""
+    scheme, sep, rest = url.partition("://")
+    authority, slash, path = rest.partition("/")
+    userinfo, at, host = authority.rpartition("@")
+    if not sep or not at:
+        return url
+    user, colon, _ = userinfo.partition(":")
+    shown = f"{user}:***" if colon else "***"
+    return f"{scheme}://{shown}@{host}{slash}{path}"

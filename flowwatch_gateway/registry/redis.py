@@ -75,7 +75,6 @@ import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
-from flowwatch_gateway.config import redact_url
 from flowwatch_gateway.gen.flowwatch.v1 import gateway_service_pb2, types_pb2
 from flowwatch_gateway.registry.base import (
     Clock,
@@ -85,6 +84,7 @@ from flowwatch_gateway.registry.base import (
     SystemClock,
 )
 from flowwatch_gateway.registry.memory import InMemoryRegistry
+from flowwatch_gateway.urls import redact_url
 
 __all__ = ["DEFAULT_PREFIX", "DisconnectHandler", "RedisRegistry"]
 

@@ -23,7 +23,6 @@ from connectrpc.request import RequestContext
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from flowwatch_gateway.config import GatewayConfig
 from flowwatch_gateway.gen.flowwatch.v1 import gateway_service_connect
 from flowwatch_gateway.gen.flowwatch.v1.gateway_service_pb2 import (
     DisconnectCommand,
@@ -34,8 +33,8 @@ from flowwatch_gateway.gen.flowwatch.v1.gateway_service_pb2 import (
     SubsystemMessage,
 )
 from flowwatch_gateway.registry.base import Registry, SubsystemInstance
-from flowwatch_gateway.registry.endpoints import EndpointPolicy, endpoint_refusal, parse_host_rules
-from flowwatch_gateway.registry.keys import ApiKeys, load_keys_file
+from flowwatch_gateway.registry.endpoints import EndpointPolicy, endpoint_refusal
+from flowwatch_gateway.registry.keys import ApiKeys
 from flowwatch_gateway.registry.validation import (
     REGISTER_READ_MAX_BYTES,
     takeover_refusal,
@@ -181,22 +180,18 @@ class RegisterService(gateway_service_connect.GatewayService):
     def __init__(
         self,
         registry: Registry,
-        config: GatewayConfig,
         *,
-        endpoint_policy: EndpointPolicy | None = None,
+        keys: ApiKeys,
+        endpoint_policy: EndpointPolicy,
+        heartbeat: float,
         observer: RegisterObserver | None = None,
     ) -> None:
+        """Settings come as values (serving/app.py reads them from the configuration)."""
         self._registry = registry
         self._observer = observer
-        entries = load_keys_file(config.api_keys_file) if config.api_keys_file else ()
-        self._keys = ApiKeys(config.api_key, entries)
-        self.endpoint_policy = endpoint_policy or EndpointPolicy.for_listener(
-            config.host,
-            config.port,
-            allow=parse_host_rules(",".join(config.endpoint_allow)),
-            deny=parse_host_rules(",".join(config.endpoint_deny)),
-        )
-        self._heartbeat = config.heartbeat
+        self._keys = keys
+        self.endpoint_policy = endpoint_policy
+        self._heartbeat = heartbeat
         self._sessions: dict[str, _Session] = {}
         self._draining = False
         self._refusals = _OncePerPair(REFUSAL_LOG_INTERVAL_S, REFUSAL_LOG_MAX_PAIRS)

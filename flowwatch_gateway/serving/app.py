@@ -27,10 +27,17 @@ from flowwatch_gateway.api.services import flowwatch_routes
 from flowwatch_gateway.config import GatewayConfig
 from flowwatch_gateway.proxy.gateway import Gateway
 from flowwatch_gateway.registry.base import Clock, Registry, SystemClock
+from flowwatch_gateway.registry.endpoints import EndpointPolicy, parse_host_rules
 from flowwatch_gateway.registry.health import HealthMonitor, SelfPreservation
+from flowwatch_gateway.registry.keys import ApiKeys, load_keys_file
 from flowwatch_gateway.registry.memory import InMemoryRegistry
 from flowwatch_gateway.registry.redis import RedisRegistry
-from flowwatch_gateway.registry.register import REASON_SHUTDOWN, RegisterService, gateway_asgi_app
+from flowwatch_gateway.registry.register import (
+    REASON_SHUTDOWN,
+    RegisterObserver,
+    RegisterService,
+    gateway_asgi_app,
+)
 from flowwatch_gateway.serving.asgi_guard import GuardReceiveAfterBody
 from flowwatch_gateway.serving.control import serve_control_socket
 from flowwatch_gateway.serving.guards import ReadOnlyActions, RequireHttp2
@@ -81,7 +88,7 @@ def create_app(
     observability = Observability(
         registry, config, clock or SystemClock(), lambda: readiness(app.state)[1]
     )
-    register_service = RegisterService(registry, config, observer=observability.metrics)
+    register_service = register_service_for(config, registry, observer=observability.metrics)
     # One endpoint policy: checked when a subsystem registers and again on every call.
     gateway = Gateway(
         registry,
@@ -181,6 +188,26 @@ def create_app(
     app.state.started = False
     app.state.draining = False
     return app
+
+
+def register_service_for(
+    config: GatewayConfig, registry: Registry, *, observer: RegisterObserver | None = None
+) -> RegisterService:
+    """The Register handler with the keys, endpoint policy and heartbeat `config` sets."""
+    entries = load_keys_file(config.api_keys_file) if config.api_keys_file else ()
+    policy = EndpointPolicy.for_listener(
+        config.host,
+        config.port,
+        allow=parse_host_rules(",".join(config.endpoint_allow)),
+        deny=parse_host_rules(",".join(config.endpoint_deny)),
+    )
+    return RegisterService(
+        registry,
+        keys=ApiKeys(config.api_key, entries),
+        endpoint_policy=policy,
+        heartbeat=config.heartbeat,
+        observer=observer,
+    )
 
 
 def readiness(state: State) -> tuple[int, str]:

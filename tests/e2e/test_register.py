@@ -24,7 +24,7 @@ from connectrpc.protocol import ProtocolType
 from flowwatch_gateway.config import GatewayConfig
 from flowwatch_gateway.gen.flowwatch.v1 import gateway_service_pb2, types_pb2
 from flowwatch_gateway.registry.memory import InMemoryRegistry
-from flowwatch_gateway.registry.register import RegisterService
+from flowwatch_gateway.serving.app import register_service_for
 from tests.support.harness import (
     ROOT,
     TEST_API_KEY,
@@ -330,7 +330,7 @@ def test_sigterm_disconnects_subsystems_and_exits_zero() -> None:
 async def test_a_draining_gateway_refuses_new_registrations() -> None:
     """In-process: once draining, a subsystem told to leave cannot rejoin this instance."""
     registry = InMemoryRegistry()
-    service = RegisterService(registry, GatewayConfig())
+    service = register_service_for(GatewayConfig(), registry)
     service.start_draining()
 
     async def requests() -> AsyncIterator[gateway_service_pb2.SubsystemMessage]:

@@ -20,7 +20,7 @@ from flowwatch_gateway.gen.flowwatch.v1 import gateway_service_pb2, types_pb2
 from flowwatch_gateway.proxy.owners import RunOwnerCache
 from flowwatch_gateway.registry.memory import InMemoryRegistry
 from flowwatch_gateway.registry.register import REJECTION_LABELS, RegisterService
-from flowwatch_gateway.serving.app import create_app
+from flowwatch_gateway.serving.app import create_app, register_service_for
 from flowwatch_gateway.serving.logs import JsonFormatter
 from flowwatch_gateway.serving.metrics import GatewayMetrics
 from flowwatch_gateway.serving.observe import ObserveApiCalls, current_call, trace_headers
@@ -298,7 +298,7 @@ def test_refusals_are_counted_and_logged_once_per_interval(
 
     observer = Observer()
     config = GatewayConfig(host="127.0.0.1", port=18095, api_key="right")
-    service = RegisterService(InMemoryRegistry(), config, observer=observer)
+    service = register_service_for(config, InMemoryRegistry(), observer=observer)
     caplog.set_level(logging.INFO, "flowwatch_gateway.registry.register")
     for _ in range(5):
         asyncio.run(attempt(service))

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from flowwatch_gateway.config import ConfigError, GatewayConfig, redact_url
+from flowwatch_gateway.config import ConfigError, GatewayConfig
+from flowwatch_gateway.urls import redact_url
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ from flowwatch_gateway.config import GatewayConfig
 from flowwatch_gateway.gen.flowwatch.v1 import gateway_service_pb2, types_pb2
 from flowwatch_gateway.registry.memory import InMemoryRegistry
 from flowwatch_gateway.registry.register import RegisterService
+from flowwatch_gateway.serving.app import register_service_for
 
 KEY = "fuzz-key"
 texts = st.one_of(
@@ -88,7 +89,7 @@ def test_no_input_crashes_register_or_leaves_state_behind(
     async def scenario() -> None:
         registry = InMemoryRegistry()
         config = GatewayConfig(host="127.0.0.1", port=18091, api_key=KEY, heartbeat=0.05)
-        service = RegisterService(registry, config)
+        service = register_service_for(config, registry)
         registry.add_listener(service)
         accepted: set[str] = set()
         for sequence in streams:
