@@ -124,6 +124,8 @@ class GatewayConfig:
     metrics_addr: str = ""
     log_format: str = "text"
     trace_propagation: bool = False
+    # Per-run calls to a known owner as bytes (serving/passthrough.py); false: decode all.
+    passthrough: bool = True
 
     def __post_init__(self) -> None:
         _check(1 <= self.port <= 65535, "port", self.port, "must be between 1 and 65535")
@@ -258,6 +260,7 @@ class GatewayConfig:
             "GATEWAY_METRICS_ADDR": self.metrics_addr,
             "GATEWAY_LOG_FORMAT": self.log_format,
             "GATEWAY_TRACE_PROPAGATION": "true" if self.trace_propagation else "false",
+            "GATEWAY_PASSTHROUGH": "true" if self.passthrough else "false",
         }
         return env
 
@@ -657,5 +660,14 @@ SETTINGS: tuple[Setting, ...] = (
         "true: pass the caller's W3C traceparent/tracestate on to the upstream calls it causes",
         _bool_field("trace_propagation"),
         ("trace_propagation",),
+    ),
+    Setting(
+        "GATEWAY_PASSTHROUGH",
+        "--passthrough",
+        "true",
+        "true: per-run calls whose owner is known are forwarded as bytes; false: every "
+        "call is decoded and encoded again (the same answers, more work)",
+        _bool_field("passthrough"),
+        ("passthrough",),
     ),
 )

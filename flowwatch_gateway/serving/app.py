@@ -42,6 +42,7 @@ from flowwatch_gateway.serving.asgi_guard import GuardReceiveAfterBody
 from flowwatch_gateway.serving.control import serve_control_socket
 from flowwatch_gateway.serving.guards import ReadOnlyActions, RequireHttp2
 from flowwatch_gateway.serving.observability import Observability
+from flowwatch_gateway.serving.passthrough import Passthrough
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +179,20 @@ def create_app(
             ),
             # Inside CORS, so a browser can read the refusal.
             *([Middleware(ReadOnlyActions)] if config.read_only else []),
+            # Innermost: per-run calls to a known owner as bytes; the rest decode.
+            *(
+                [
+                    Middleware(
+                        Passthrough,
+                        owners=gateway.router.owners,
+                        pool=gateway.pool,
+                        upstream_timeout_s=config.upstream_timeout,
+                        sink=observability.metrics,
+                    )
+                ]
+                if config.passthrough
+                else []
+            ),
         ],
         lifespan=lifespan,
     )

@@ -1,0 +1,409 @@
+"""Per-run calls whose owner is known: bytes through, not messages (GATEWAY_PASSTHROUGH).
+
+Profiling a routed GetRun (README, Performance) showed the gateway's Python thread
+busy most of each call in framework work around one dictionary lookup: Starlette's
+routing, connectrpc's server (decode, handler, encode), connectrpc's client (encode,
+decode) and a disconnect watcher per request. For the per-run rpcs (PER_RUN_RPCS)
+none of it is needed once the run's owner is known: this ASGI layer, in front of the
+Connect apps and inside CORS, observation and the read-only guard, reads the
+request, decodes only what it must (the run id and the required fields, to refuse
+what the decoding path refuses), and sends the body as it is to the owner over the
+shared pooled transport. The owner's answer goes back as it is, with the headers the
+decoding path would send.
+
+Everything else falls back, unchanged, to the decoding path (with the body read so
+far replayed): owner unknown or not connected, a codec other than Connect unary
+binary or JSON, a compressed request, GET requests, gRPC, streams, anything that
+does not decode cleanly. Kept the same as on the decoding path:
+
+- errors: an owner's answer keeps its code and message (`routed_error`); a call
+  that never got an answer is `unavailable`/`deadline_exceeded` naming the
+  subsystem; error bodies are written the way connectrpc writes them;
+- `not_found` from the cached owner: the entry is forgotten and the decoding path
+  looks everywhere, as it does itself;
+- bookkeeping: a GetRun answer whose run names no subsystem gets it filled in (the
+  answer is then decoded and encoded again), and a retry's `new_run_id` is
+  remembered as living with the owner;
+- deadlines: the owner gets the caller's deadline capped like every upstream call
+  (`upstream_timeout_ms`) in Connect-Timeout-Ms; no other request header leaks;
+- observation: the call is added to the current CallRecord and timed as an upstream
+  call, as the upstream interceptor does for the generated clients;
+- response compression: negotiated from Accept-Encoding as connectrpc's server does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import pyqwest
+from connectrpc._compression import negotiate_compression, resolve_compressions
+from connectrpc._protocol import ConnectWireError
+from connectrpc.code import Code
+from connectrpc.compat import google_protobuf_json_codec
+from connectrpc.errors import ConnectError
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import DecodeError, Message
+from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Message as AsgiMessage
+
+from flowwatch_gateway.api.context import CallContext
+from flowwatch_gateway.api.services import validate_request
+from flowwatch_gateway.errors import UpstreamUnreached
+from flowwatch_gateway.gen.flowwatch.v1 import run_service_pb2
+from flowwatch_gateway.proxy.fanout import routed_error, upstream_timeout_ms
+from flowwatch_gateway.proxy.merge.runs import owned
+from flowwatch_gateway.proxy.owners import RunOwnerCache
+from flowwatch_gateway.proxy.pool import UpstreamPool
+from flowwatch_gateway.proxy.runs import PER_RUN_RPCS
+from flowwatch_gateway.proxy.upstream import READ_MAX_BYTES
+from flowwatch_gateway.serving.observe import UpstreamSink, current_call
+
+__all__ = ["Passthrough"]
+
+PROTO = "application/proto"
+JSON = "application/json"
+# Per-run requests are a run id and a few small fields; anything bigger is not ours.
+MAX_REQUEST_BYTES = 64 * 1024
+_SERVICE = run_service_pb2.DESCRIPTOR.services_by_name["RunService"]
+_COMPRESSIONS = resolve_compressions(None)  # what connectrpc's server offers by default
+_JSON_CODEC = google_protobuf_json_codec()  # what the generated apps use
+_JSON_ERROR_HEADERS = [(b"content-type", JSON.encode())]
+
+
+@dataclass(frozen=True)
+class _Rpc:
+    name: str
+    request: type[Message]
+    response: type[Message]
+    # JSON request keys accepted without a full protojson parse (string fields only).
+    string_keys: Mapping[str, str]
+    # Whether the answer carries a new run id to remember (retries).
+    new_run_id: bool
+
+
+def _rpc_table() -> dict[str, _Rpc]:
+    table = {}
+    for rpc in PER_RUN_RPCS:
+        method = _SERVICE.methods_by_name[rpc.name]
+        if method.server_streaming or method.client_streaming:
+            continue
+        request = run_service_pb2.DESCRIPTOR.message_types_by_name[method.input_type.name]
+        response = run_service_pb2.DESCRIPTOR.message_types_by_name[method.output_type.name]
+        keys = {}
+        for field in request.fields:
+            if field.type == FieldDescriptor.TYPE_STRING and not _repeated(field):
+                keys[field.json_name] = field.name
+                keys[field.name] = field.name
+        table[f"/{_SERVICE.full_name}/{rpc.name}"] = _Rpc(
+            rpc.name,
+            getattr(run_service_pb2, request.name),
+            getattr(run_service_pb2, response.name),
+            keys,
+            "new_run_id" in response.fields_by_name,
+        )
+    return table
+
+
+def _repeated(field: FieldDescriptor) -> bool:
+    return bool(field.is_repeated)
+
+
+class _Fallback(Exception):
+    """This call takes the decoding path (raised before anything was sent upstream)."""
+
+
+class Passthrough:
+    """ASGI middleware: per-run Connect unary calls to a known, connected owner as bytes."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        owners: RunOwnerCache,
+        pool: UpstreamPool,
+        upstream_timeout_s: float,
+        sink: UpstreamSink | None = None,
+    ) -> None:
+        self._app = app
+        self._owners = owners
+        self._pool = pool
+        self._timeout_s = upstream_timeout_s
+        self._sink = sink
+        self._rpcs = _rpc_table()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        rpc = self._rpcs.get(scope["path"]) if scope["type"] == "http" else None
+        if rpc is None or scope["method"] != "POST":
+            await self._app(scope, receive, send)
+            return
+        content_type = accept_encoding = timeout = ""
+        for raw_name, raw_value in scope["headers"]:
+            name = raw_name.lower()
+            if name == b"content-type":
+                content_type = raw_value.decode("latin-1")
+            elif name == b"connect-timeout-ms":
+                timeout = raw_value.decode("latin-1")
+            elif name == b"accept-encoding":
+                accept_encoding = raw_value.decode("latin-1")
+            elif (name == b"content-encoding" and raw_value != b"identity") or (
+                name == b"connect-protocol-version" and raw_value != b"1"
+            ):
+                await self._app(scope, receive, send)  # compressed, or not Connect v1
+                return
+        if content_type not in (PROTO, JSON):  # gRPC, gRPC-Web, other codecs
+            await self._app(scope, receive, send)
+            return
+        body, read = await _read_body(receive)
+        try:
+            if body is None:
+                raise _Fallback
+            await self._pass(rpc, content_type, body, timeout, accept_encoding, send)
+        except _Fallback:
+            await self._app(scope, _replay(read, receive), send)
+
+    async def _pass(
+        self, rpc: _Rpc, content_type: str, body: bytes, deadline: str, accept: str, send: Send
+    ) -> None:
+        request = _decode_request(rpc, content_type, body)
+        run_id: str = request.run_id  # type: ignore[attr-defined]
+        # Membership first: a miss is counted once, by the decoding path.
+        if run_id not in self._owners:
+            raise _Fallback
+        owner = self._owners.get(run_id)
+        clients = self._pool.connected_clients(owner) if owner else None
+        if owner is None or clients is None:
+            raise _Fallback
+        ctx = CallContext.with_timeout(_caller_timeout_s(deadline))
+        timeout_ms = upstream_timeout_ms(ctx, self._timeout_s)
+        headers: dict[str | pyqwest.HTTPHeaderName, str] = {
+            "content-type": content_type,
+            "connect-protocol-version": "1",
+            "connect-timeout-ms": str(timeout_ms),
+            "accept-encoding": "identity",
+        }
+        record = current_call.get()
+        if record is not None:
+            record.subsystems.add(owner)
+            headers.update(record.trace_headers)
+        url = f"{clients.endpoint.rstrip('/')}/{_SERVICE.full_name}/{rpc.name}"
+        started = time.monotonic()
+        error: ConnectError | None = None
+        try:
+            status, answer_type, answer = await _post(
+                clients.transport, url, headers, body, timeout_ms
+            )
+            error = _answer_error(status, answer_type, answer, content_type)
+        except ConnectError as exc:
+            error = exc
+        finally:
+            if self._sink is not None:
+                self._sink.upstream_call(
+                    owner, rpc.name, error, time.monotonic() - started, unary=True
+                )
+        if error is not None:
+            if error.code == Code.NOT_FOUND and not isinstance(error, UpstreamUnreached):
+                self._owners.forget(run_id)  # the cache was wrong: the decoding path looks
+                raise _Fallback
+            await _send_error(send, routed_error(owner, error))
+            return
+        try:
+            answer = self._bookkeeping(rpc, content_type, answer, owner)
+        except (DecodeError, ValueError) as exc:  # the generated client's decode would fail
+            await _send_error(send, routed_error(owner, ConnectError(Code.INTERNAL, str(exc))))
+            return
+        compression = negotiate_compression(accept, _COMPRESSIONS)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", content_type.encode()),
+                    (b"content-encoding", compression.name().encode()),
+                    (b"vary", b"Accept-Encoding"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": compression.compress(answer)})
+
+    def _bookkeeping(self, rpc: _Rpc, content_type: str, answer: bytes, owner: str) -> bytes:
+        """What the decoding path does with an answer: fill subsystem_id, remember retries."""
+        if rpc.response is run_service_pb2.GetRunResponse:
+            return _owned_get_run(content_type, answer, owner)
+        if rpc.new_run_id:
+            decoded = _decode(rpc.response, content_type, answer)
+            new_run_id = getattr(decoded, "new_run_id", "")
+            if new_run_id:  # a retry's new run lives where the original did
+                self._owners.put(new_run_id, owner)
+        return answer
+
+
+async def _read_body(receive: Receive) -> tuple[bytes | None, list[AsgiMessage]]:
+    """The whole request body (None when it cannot be ours) and the messages read."""
+    read: list[AsgiMessage] = []
+    size = 0
+    while True:
+        message = await receive()
+        read.append(message)
+        if message["type"] != "http.request":
+            return None, read
+        size += len(message.get("body", b""))
+        if size > MAX_REQUEST_BYTES:
+            return None, read
+        if not message.get("more_body", False):
+            break
+    if len(read) == 1:
+        return bytes(read[0].get("body", b"")), read
+    return b"".join(m.get("body", b"") for m in read), read
+
+
+def _replay(read: list[AsgiMessage], receive: Receive) -> Receive:
+    """A receive() that gives back what was already read, then reads on."""
+    pending = list(read)
+
+    async def replayed() -> AsgiMessage:
+        if pending:
+            return pending.pop(0)
+        return await receive()
+
+    return replayed
+
+
+def _caller_timeout_s(header: str) -> float | None:
+    if not header:
+        return None
+    if not header.isdigit() or len(header) > 10:
+        raise _Fallback  # connectrpc's server answers malformed deadlines itself
+    return int(header) / 1000.0
+
+
+def _decode_request(rpc: _Rpc, content_type: str, body: bytes) -> Message:
+    """The request, if the decoding path would accept it; else _Fallback.
+
+    Binary requests are parsed in full (microseconds: a run id and a few fields). JSON
+    requests of string fields are checked key by key, which is what protojson would
+    accept; anything else is parsed by protojson.
+    """
+    try:
+        if content_type == PROTO:
+            request = rpc.request.FromString(body)
+        else:
+            data = json.loads(body)
+            if not isinstance(data, dict):
+                raise _Fallback
+            request = rpc.request()
+            seen = set()
+            for key, value in data.items():
+                name = rpc.string_keys.get(key)
+                if name is None or not isinstance(value, str) or name in seen:
+                    # Other fields (levels, pagination), null, or a field named twice.
+                    request = _JSON_CODEC.decode(body, rpc.request)
+                    break
+                seen.add(name)
+                setattr(request, name, value)
+        validate_request(rpc.name, request)
+    except (DecodeError, ValueError, ConnectError, TypeError) as exc:
+        raise _Fallback from exc
+    return request
+
+
+async def _post(
+    transport: pyqwest.Transport,
+    url: str,
+    headers: dict[str | pyqwest.HTTPHeaderName, str],
+    body: bytes,
+    timeout_ms: int,
+) -> tuple[int, str, bytes]:
+    """(status, content type, body) of the owner's answer, as the generated client sees it."""
+    try:
+        async with asyncio.timeout(timeout_ms / 1000):
+            response = await transport.execute(
+                pyqwest.Request("POST", url, pyqwest.Headers(headers), body)
+            )
+            chunks = bytearray()
+            try:
+                async for chunk in response.content:
+                    chunks.extend(chunk)
+                    if len(chunks) > READ_MAX_BYTES:
+                        raise ConnectError(
+                            Code.RESOURCE_EXHAUSTED,
+                            f"message is larger than configured max {READ_MAX_BYTES}",
+                        )
+            finally:
+                await response.aclose()
+    except TimeoutError as exc:
+        raise ConnectError(Code.DEADLINE_EXCEEDED, "Request timed out") from exc
+    except ConnectError:
+        raise
+    except Exception as exc:  # what the generated client turns into unavailable
+        raise ConnectError(Code.UNAVAILABLE, str(exc)) from exc
+    answer_type = response.headers.get("content-type") or ""
+    return response.status, answer_type, bytes(chunks)
+
+
+def _answer_error(
+    status: int, answer_type: str, answer: bytes, sent_type: str
+) -> ConnectError | None:
+    """The owner's answer as the generated client reads it: None for a usable message."""
+    media_type = answer_type.split(";")[0].strip().lower()
+    if status != 200:
+        if media_type != JSON:
+            return ConnectWireError.from_http_status(status).to_exception()
+        try:
+            data: Any = json.loads(answer)
+        except ValueError:
+            data = None
+        if isinstance(data, dict):
+            return ConnectWireError.from_dict(data, status, Code.UNAVAILABLE).to_exception()
+        return ConnectWireError.from_http_status(status).to_exception()
+    if media_type != sent_type:
+        code = Code.UNKNOWN if not media_type.startswith("application/") else Code.INTERNAL
+        return ConnectError(code, f"invalid content-type: '{media_type}'; expecting '{sent_type}'")
+    return None
+
+
+def _decode(message_type: type[Message], content_type: str, data: bytes) -> Message:
+    decoded: Message = (
+        message_type.FromString(data)
+        if content_type == PROTO
+        else _JSON_CODEC.decode(data, message_type)
+    )
+    return decoded
+
+
+def _encode(message: Message, content_type: str) -> bytes:
+    if content_type == PROTO:
+        return message.SerializeToString()
+    return _JSON_CODEC.encode(message)
+
+
+def _owned_get_run(content_type: str, answer: bytes, owner: str) -> bytes:
+    """The answer as is when its run names its subsystem (or there is no run), else filled."""
+    if content_type == JSON:
+        data = json.loads(answer)
+        run = data.get("run") if isinstance(data, dict) else None
+        if not isinstance(run, dict) or run.get("subsystemId"):
+            return answer
+    decoded = _decode(run_service_pb2.GetRunResponse, content_type, answer)
+    assert isinstance(decoded, run_service_pb2.GetRunResponse)  # typed above
+    if not decoded.HasField("run") or decoded.run.subsystem_id:
+        return answer
+    owned(decoded.run, owner)
+    return _encode(decoded, content_type)
+
+
+async def _send_error(send: Send, error: ConnectError) -> None:
+    """An error response exactly as connectrpc's server writes one for a unary call."""
+    wire = ConnectWireError.from_exception(error)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": wire.to_http_status().code,
+            "headers": list(_JSON_ERROR_HEADERS),
+        }
+    )
+    await send({"type": "http.response.body", "body": wire.to_json_bytes()})

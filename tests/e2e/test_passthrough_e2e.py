@@ -1,0 +1,306 @@
+"""The passthrough path answers exactly as the decoding path does (GATEWAY_PASSTHROUGH).
+
+Two pyvoy gateways in front of the same subsystems (own processes, time frozen):
+`fast` with the passthrough (the default) and `decoding` with --passthrough false.
+Both learn every run's owner from ListRuns first, so per-run calls on `fast` take
+the passthrough and the same calls on `decoding` take the decoding path. For every
+per-run read rpc and both Connect codecs, success and the owner's errors, the two
+answers must agree in status, body and the headers a client reads.
+
+The subsystems print the Accept-Encoding the gateway sent them: connectrpc's client
+(the decoding path) asks for gzip, the passthrough for identity; so the test also
+sees which path each call took, and that a retry's new run id was remembered.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import partial
+
+import httpx
+import pytest
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+from flowwatch_gateway.gen.flowwatch.v1 import run_service_pb2 as runs_pb
+from flowwatch_gateway.processes import Child, free_port
+from tests.support.harness import (
+    ROOT,
+    STARTUP_TIMEOUT,
+    GatewayProcess,
+    start_gateway,
+    subsystem_states,
+)
+from tests.support.quirky_owner import LOGS_ERROR, STEPS_ERROR, TIMELINE_ERROR
+from tests.support.upstreams import (
+    post,
+    start_demo_server,
+    start_registrar,
+    wait_until,
+)
+
+ORIGIN = "http://localhost:5173"
+READS = ("GetRun", "GetRunSteps", "GetRunTimeline", "GetRunLogs")
+CODECS = ("application/proto", "application/json")
+# What a client reads besides the body (date/server come from Envoy itself).
+COMPARED_HEADERS = (
+    "content-type",
+    "content-encoding",
+    "vary",
+    "access-control-allow-origin",
+    "access-control-expose-headers",
+)
+PROBE_HEADER = "accept-encoding"
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class Stack:
+    fast: GatewayProcess
+    decoding: GatewayProcess
+    orders: Child
+    quirky: Child
+    orders_run: str
+    quirky_run: str
+
+
+def start_quirky(now: datetime) -> tuple[Child, str]:
+    port = free_port()
+    proc = Child(
+        "quirky owner",
+        [
+            sys.executable,
+            "-m",
+            "tests.support.quirky_owner",
+            *("--id", "quirky", "--port", str(port), "--seed", "4", "--now", now.isoformat()),
+        ],
+        cwd=ROOT,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    proc.start().wait_http_ok(f"{endpoint}/healthz", STARTUP_TIMEOUT)
+    return proc, endpoint
+
+
+def first_run(url: str, subsystem_id: str) -> str:
+    """The newest run of `subsystem_id`, listed through the gateway (which learns its owner)."""
+    found: list[str] = []
+
+    def listed() -> bool:
+        answer = post(
+            url,
+            "RunService/ListRuns",
+            {"filter": {"subsystemIds": [subsystem_id]}, "pagination": {"limit": 1}},
+        ).json()
+        found[:] = [run["id"] for run in answer.get("runs", ())]
+        return bool(found)
+
+    # Right after registration the gateway may still be settling the HTTP version.
+    wait_until(listed, 20, f"a run of {subsystem_id} listed")
+    return found[0]
+
+
+def both_connected(url: str) -> bool:
+    return subsystem_states(url) == {"orders": "connected", "quirky": "connected"}
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[Stack]:
+    now = datetime.now(UTC).replace(microsecond=0)
+    with contextlib.ExitStack() as closing:
+        orders, orders_url = start_demo_server("orders", 1, now, print_header=PROBE_HEADER)
+        closing.callback(orders.close)
+        quirky, quirky_url = start_quirky(now)
+        closing.callback(quirky.close)
+        fast = closing.enter_context(start_gateway("--upstream-timeout", "2s"))
+        decoding = closing.enter_context(
+            start_gateway("--upstream-timeout", "2s", "--passthrough", "false")
+        )
+        for gateway in (fast, decoding):
+            for sid, endpoint in (("orders", orders_url), ("quirky", quirky_url)):
+                closing.callback(start_registrar(gateway.url, sid, endpoint).close)
+        for gateway in (fast, decoding):
+            wait_until(partial(both_connected, gateway.url), 20, "connected subsystems")
+        runs = {}
+        for gateway in (fast, decoding):
+            # ListRuns teaches each gateway every listed run's owner.
+            for sid in ("orders", "quirky"):
+                runs[sid] = first_run(gateway.url, sid)
+        yield Stack(fast, decoding, orders, quirky, runs["orders"], runs["quirky"])
+
+
+def call(url: str, rpc: str, content_type: str, request: Message) -> Answer:
+    if content_type == "application/proto":
+        body = request.SerializeToString()
+    else:
+        body = json_format.MessageToJson(request).encode()
+    response = httpx.post(
+        f"{url}/flowwatch.v1.RunService/{rpc}",
+        content=body,
+        headers={
+            "Content-Type": content_type,
+            "Connect-Protocol-Version": "1",
+            "Connect-Timeout-Ms": "5000",
+            "Origin": ORIGIN,
+            # The body compared as it was encoded; compression is negotiated the same
+            # way on both paths (checked below with gzip).
+            "Accept-Encoding": "identity",
+        },
+        timeout=10,
+    )
+    headers = {name: response.headers.get(name, "") for name in COMPARED_HEADERS}
+    return Answer(response.status_code, headers, response.content)
+
+
+def request_for(rpc: str, run_id: str) -> Message:
+    message_type: type[Message] = getattr(runs_pb, f"{rpc}Request")
+    return message_type(run_id=run_id)
+
+
+def probes(child: Child, rpc: str) -> list[str]:
+    """Accept-Encoding values the subsystem saw for `rpc`, in order."""
+    prefix = f"HEADER /flowwatch.v1.RunService/{rpc} "
+    return [line[len(prefix) :] for line in child.logs().splitlines() if line.startswith(prefix)]
+
+
+def assert_same(fast: Answer, decoding: Answer, what: str, rpc: str = "") -> None:
+    """Status, headers and body agree; a body byte for byte up to the order of map entries.
+
+    Protobuf leaves the order of map entries (and Struct fields) on the wire and in JSON
+    unspecified: the passthrough keeps the owner's order, the decoding path the order of
+    its own re-encoding. Everything else (errors, every field's bytes) must be identical.
+    """
+    assert fast.status == decoding.status, what
+    assert fast.headers == decoding.headers, what
+    assert len(fast.body) == len(decoding.body), f"{what}: {fast.body!r} != {decoding.body!r}"
+    if fast.body == decoding.body:
+        return
+    assert fast.status == 200, f"{what}: error bodies differ: {fast.body!r} != {decoding.body!r}"
+    if fast.headers["content-type"] == "application/json":
+        same = json.loads(fast.body) == json.loads(decoding.body)
+    else:
+        response_type: type[Message] = getattr(runs_pb, f"{rpc}Response")
+        same = response_type.FromString(fast.body).SerializeToString(
+            deterministic=True
+        ) == response_type.FromString(decoding.body).SerializeToString(deterministic=True)
+    assert same, f"{what}: {fast.body!r} != {decoding.body!r}"
+
+
+@pytest.mark.parametrize("content_type", CODECS)
+@pytest.mark.parametrize("rpc", READS)
+def test_orders_reads_agree_and_take_the_passthrough(
+    stack: Stack, rpc: str, content_type: str
+) -> None:
+    request = request_for(rpc, stack.orders_run)
+    before = len(probes(stack.orders, rpc))
+    fast = call(stack.fast.url, rpc, content_type, request)
+    seen_fast = probes(stack.orders, rpc)[before:]
+    decoding = call(stack.decoding.url, rpc, content_type, request)
+    seen_decoding = probes(stack.orders, rpc)[len(seen_fast) + before :]
+    assert fast.status == 200, fast.body
+    assert_same(fast, decoding, f"{rpc} {content_type}", rpc)
+    assert seen_fast == ["identity"], "the passthrough answered"
+    assert seen_decoding and "gzip" in seen_decoding[0], "the decoding path answered"
+
+
+@pytest.mark.parametrize("content_type", CODECS)
+def test_get_run_names_its_subsystem_on_both_paths(stack: Stack, content_type: str) -> None:
+    request = runs_pb.GetRunRequest(run_id=stack.quirky_run)
+    fast = call(stack.fast.url, "GetRun", content_type, request)
+    decoding = call(stack.decoding.url, "GetRun", content_type, request)
+    assert fast.status == 200, fast.body
+    assert_same(fast, decoding, f"GetRun {content_type}", "GetRun")
+    if content_type == "application/proto":
+        assert runs_pb.GetRunResponse.FromString(fast.body).run.subsystem_id == "quirky"
+    else:
+        assert b'"subsystemId": "quirky"' in fast.body
+
+
+@pytest.mark.parametrize("content_type", CODECS)
+@pytest.mark.parametrize(
+    ("rpc", "status", "message"),
+    [
+        ("GetRunSteps", 500, STEPS_ERROR),
+        ("GetRunTimeline", 400, TIMELINE_ERROR),
+        # The cached owner says not_found: both paths forget it and ask everyone.
+        ("GetRunLogs", 404, None),
+    ],
+)
+def test_owner_errors_agree(
+    stack: Stack, rpc: str, status: int, message: str | None, content_type: str
+) -> None:
+    request = request_for(rpc, stack.quirky_run)
+    fast = call(stack.fast.url, rpc, content_type, request)
+    decoding = call(stack.decoding.url, rpc, content_type, request)
+    assert fast.status == status, fast.body
+    assert_same(fast, decoding, f"{rpc} {content_type}", rpc)
+    if message is not None:  # the owner's own words
+        assert message.format(run_id=stack.quirky_run).encode() in fast.body
+    else:
+        assert LOGS_ERROR.format(run_id=stack.quirky_run).encode() not in fast.body
+        assert b"not_found" in fast.body
+        for gateway in (stack.fast, stack.decoding):  # relearn the owner for later tests
+            first_run(gateway.url, "quirky")
+
+
+def test_gzip_is_negotiated_the_same(stack: Stack) -> None:
+    answers = []
+    for gateway in (stack.fast, stack.decoding):
+        response = httpx.post(
+            f"{gateway.url}/flowwatch.v1.RunService/GetRunSteps",
+            content=runs_pb.GetRunStepsRequest(run_id=stack.orders_run).SerializeToString(),
+            headers={"Content-Type": "application/proto", "Accept-Encoding": "gzip"},
+        )
+        assert response.headers["content-encoding"] == "gzip"
+        # httpx decompresses; the decompressed bodies compare like the others.
+        headers = {name: response.headers.get(name, "") for name in COMPARED_HEADERS}
+        answers.append(Answer(response.status_code, headers, response.content))
+    assert_same(answers[0], answers[1], "GetRunSteps gzip", "GetRunSteps")
+
+
+def test_retry_new_run_is_remembered_by_the_passthrough(stack: Stack) -> None:
+    # A finished run of the orders subsystem, whose owner the listing taught the gateway.
+    listed = post(
+        stack.fast.url,
+        "RunService/ListRuns",
+        {"filter": {"subsystemIds": ["orders"], "statuses": ["RUN_STATUS_FAILED"]}},
+    ).json()
+    failed_run = listed["runs"][0]["id"]
+    retried = call(
+        stack.fast.url,
+        "RetryRun",
+        "application/proto",
+        runs_pb.RetryRunRequest(run_id=failed_run),
+    )
+    assert retried.status == 200, retried.body
+    new_run_id = runs_pb.RetryRunResponse.FromString(retried.body).new_run_id
+    assert new_run_id
+    assert probes(stack.orders, "RetryRun")[-1] == "identity", "the passthrough answered"
+    before = len(probes(stack.orders, "GetRun"))
+    got = call(
+        stack.fast.url, "GetRun", "application/json", runs_pb.GetRunRequest(run_id=new_run_id)
+    )
+    assert got.status == 200, got.body
+    # Sent to the remembered owner alone, as bytes: no broadcast, no decoding.
+    assert probes(stack.orders, "GetRun")[before:] == ["identity"]
+
+
+@pytest.mark.parametrize("content_type", CODECS)
+def test_an_unreachable_owner_is_unavailable_on_both_paths(stack: Stack, content_type: str) -> None:
+    stack.quirky.close()  # still registered (its registrar pings on), no longer listening
+    request = runs_pb.GetRunRequest(run_id=stack.quirky_run)
+    fast = call(stack.fast.url, "GetRun", content_type, request)
+    decoding = call(stack.decoding.url, "GetRun", content_type, request)
+    assert fast.status == 503, fast.body
+    assert_same(fast, decoding, f"GetRun {content_type}", "GetRun")
+    assert b"subsystem quirky unavailable" in fast.body
