@@ -351,18 +351,23 @@ async def test_counting_analytics_are_sums_of_the_subsystems(stack: Stack) -> No
             assert rate.rate == pytest.approx(rate.failed_runs / rate.total_runs)
 
 
-def test_percentiles_are_marked_approximate_only_when_merged(stack: Stack) -> None:
+def test_merged_percentiles_say_how_they_were_computed(stack: Stack) -> None:
+    """The demo subsystems send duration sketches: merged answers are sketch-exact
+    within 1 %, one subsystem's answer passes through as exact, neither approximate."""
     merged = post(
         stack.gateway.url, "AnalyticsService/GetLatency", {"filter": {"granularity": "1h"}}
     )
     assert merged.status_code == 200
-    assert merged.headers.get("flowwatch-approximate")
+    assert merged.headers["flowwatch-analytics-method"] == "sketch;rel-err=0.01"
+    assert "flowwatch-approximate" not in merged.headers
     exact = post(
         stack.gateway.url,
         "AnalyticsService/GetLatency",
         {"filter": {"granularity": "1h", "subsystemId": "orders"}},
     )
-    assert exact.status_code == 200 and "flowwatch-approximate" not in exact.headers
+    assert exact.status_code == 200
+    assert exact.headers["flowwatch-analytics-method"] == "exact"
+    assert "flowwatch-approximate" not in exact.headers
     direct_answer = httpx.post(
         f"{stack.endpoints['orders']}/flowwatch.v1.AnalyticsService/GetLatency",
         json={"filter": {"granularity": "1h", "subsystemId": "orders"}},
@@ -375,7 +380,9 @@ def test_percentiles_are_marked_approximate_only_when_merged(stack: Stack) -> No
         stack.gateway.url, "AnalyticsService/GetStepDuration", {"workflowId": "health-check"}
     )
     assert steps.status_code == 200 and steps.json()["steps"]
-    assert steps.headers.get("flowwatch-approximate")
+    # health-check runs in every demo subsystem: merged from their sketches.
+    assert steps.headers["flowwatch-analytics-method"] == "sketch;rel-err=0.01"
+    assert "flowwatch-approximate" not in steps.headers
 
 
 async def test_grpc_clients_are_served_too(stack: Stack) -> None:
