@@ -251,7 +251,7 @@ def not_found_or_unavailable(
             else Code.UNAVAILABLE
         )
         return ConnectError(
-            code, f"{what} was not found in the subsystems that answered; not asked: {names}"
+            code, f"{what} was not found in the subsystems that answered; no answer from: {names}"
         )
     if len(answered) == 1:
         ((instance_id, exc),) = answered.items()
