@@ -200,6 +200,10 @@ def create_app(
     app.state.register_service = register_service
     app.state.config = config
     app.state.monitor = monitor
+    observability.metrics.watch_registry_health(
+        self_preserving=lambda: monitor.self_preservation.active,
+        shared_up=None if shared is None else lambda: shared.redis_up,
+    )
     app.state.started = False
     app.state.draining = False
     return app

@@ -16,7 +16,7 @@ REJECTION_LABELS (registry/register.py). Per-subsystem detail is on the status p
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from importlib.metadata import PackageNotFoundError, version
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
@@ -92,6 +92,20 @@ class _StateCollector(Collector):
                 "Most entries the run-owner cache keeps (GATEWAY_RUN_CACHE_SIZE).",
                 owners.capacity,
             )
+        if metrics.shared_registry_up is not None:
+            yield GaugeMetricFamily(
+                f"{PREFIX}_shared_registry_up",
+                "1 while the Redis holding the replicas' shared registry answers; 0 while "
+                "this replica serves from its last view (GATEWAY_REDIS_URL).",
+                value=int(metrics.shared_registry_up()),
+            )
+        if metrics.self_preserving is not None:
+            yield GaugeMetricFamily(
+                f"{PREFIX}_self_preservation",
+                "1 while removals are suspended because many subsystems went stale at once "
+                "(GATEWAY_SELF_PRESERVATION).",
+                value=int(metrics.self_preserving()),
+            )
         info = GaugeMetricFamily(
             f"{PREFIX}_build_info", "Always 1; the version is the label.", labels=["version"]
         )
@@ -116,6 +130,8 @@ class GatewayMetrics:
         self.registry = registry
         self.health = health
         self.owners: RunOwnerCache | None = None
+        self.shared_registry_up: Callable[[], bool] | None = None
+        self.self_preserving: Callable[[], bool] | None = None
         self.version = gateway_version()
         self.started_at = time.time()
         self.collectors = CollectorRegistry(auto_describe=True)
@@ -158,6 +174,13 @@ class GatewayMetrics:
 
     def watch_owner_cache(self, owners: RunOwnerCache) -> None:
         self.owners = owners
+
+    def watch_registry_health(
+        self, *, self_preserving: Callable[[], bool], shared_up: Callable[[], bool] | None
+    ) -> None:
+        """Scrape-time views of the health monitor and (with replicas) the Redis link."""
+        self.self_preserving = self_preserving
+        self.shared_registry_up = shared_up
 
     # --- RegisterService observer ----------------------------------------------------
     def registration(self, result: str) -> None:
