@@ -32,42 +32,30 @@ def ensure_venv(extras: str) -> None:
     subprocess.run([*pip, "-e", f".{extras}"], check=True, cwd=ROOT)
 
 
-def ensure_redis_server() -> None:
-    """The shared-registry tests run a real redis-server: install Debian's when we may."""
-    if shutil.which("redis-server"):
-        return
-    if hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("apt-get"):
-        print("installing redis-server (apt-get) for the shared-registry tests", flush=True)
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "update"], check=True, env=env)
-        subprocess.run(["apt-get", "install", "-y", "redis-server"], check=True, env=env)
-        return
-    print(
-        "redis-server is not on PATH and this is not root, so the shared-registry (Redis) "
-        "tests will be skipped. Install it first: `sudo apt-get install -y redis-server` "
-        "(Debian/Ubuntu) or `brew install redis` (macOS).",
-        file=sys.stderr,
-        flush=True,
-    )
+# Programs the tests drive, and the Debian packages that bring them: a real Redis for
+# the shared registry, real headless Chromium for the status page.
+TEST_PROGRAMS = {
+    "redis-server": "redis-server",
+    "chromium": "chromium",
+    "chromedriver": "chromium-driver",
+}
 
 
-def ensure_chromium() -> None:
-    """The /status page is tested in headless Chromium: install Debian's browser and driver."""
-    missing = [tool for tool in ("chromium", "chromedriver") if not shutil.which(tool)]
+def ensure_test_programs() -> None:
+    """Install the Debian packages of missing test programs when we may (root, apt-get)."""
+    missing = sorted({pkg for tool, pkg in TEST_PROGRAMS.items() if not shutil.which(tool)})
     if not missing:
         return
     if hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("apt-get"):
-        print("installing chromium and chromium-driver (apt-get) for the status page tests")
+        print(f"installing {' '.join(missing)} (apt-get) for the tests", flush=True)
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
         subprocess.run(["apt-get", "update"], check=True, env=env)
-        subprocess.run(
-            ["apt-get", "install", "-y", "chromium", "chromium-driver"], check=True, env=env
-        )
+        subprocess.run(["apt-get", "install", "-y", *missing], check=True, env=env)
         return
     print(
-        f"{' and '.join(missing)} not on PATH and this is not root, so the status page's "
-        "browser test will be skipped. Install them first: "
-        "`sudo apt-get install -y chromium chromium-driver` (Debian/Ubuntu).",
+        f"not on PATH and this is not root: {', '.join(missing)}; the tests that need them "
+        f"(shared registry on Redis, the status page in Chromium) will be skipped. Install "
+        f"them first: `sudo apt-get install -y {' '.join(missing)}` (Debian/Ubuntu).",
         file=sys.stderr,
         flush=True,
     )
@@ -82,8 +70,7 @@ def main() -> int:
         return subprocess.call([str(BIN / "flowwatch-demo"), "demo", *rest], cwd=ROOT)
     if command == "test":
         ensure_venv("[dev]")
-        ensure_redis_server()
-        ensure_chromium()
+        ensure_test_programs()
         # -m "" also runs the tests marked slow, which a plain `pytest` skips.
         code = subprocess.call([str(BIN / "python"), "-m", "pytest", "-m", "", *rest], cwd=ROOT)
         if code == PYTEST_NO_TESTS_COLLECTED:
