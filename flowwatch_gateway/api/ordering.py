@@ -46,13 +46,20 @@ def resolve_order(order_by: str, descending: bool) -> tuple[OrderField, bool]:
     )
 
 
+_NANOS_PER_SECOND = 1_000_000_000
+
+
 def run_sort_key(run: types_pb2.Run, field: OrderField) -> RunSortKey:
     """Ascending sort key; sort with reverse=descending."""
-    started = run.started_at.ToNanoseconds() if run.HasField("started_at") else 0
+    # seconds * 1e9 + nanos is what ToNanoseconds computes (an unset field gives 0), at a
+    # fraction of its cost: a gateway page computes one key per run of every subsystem.
+    started_at = run.started_at
+    started = started_at.seconds * _NANOS_PER_SECOND + started_at.nanos
     if field == "started_at":
         primary = started
     elif field == "duration":
-        primary = run.duration.ToNanoseconds() if run.HasField("duration") else 0
+        duration = run.duration
+        primary = duration.seconds * _NANOS_PER_SECOND + duration.nanos
     else:
         primary = int(run.status)
     return (primary, started, run.id)

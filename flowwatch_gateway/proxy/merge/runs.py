@@ -79,6 +79,8 @@ class SubsystemRuns:
 
     runs: Sequence[types_pb2.Run]
     has_more: bool
+    # The runs' sort keys, when the reader already computed them (else computed here).
+    keys: Sequence[RunSortKey] | None = None
 
 
 def merge_after(
@@ -87,21 +89,25 @@ def merge_after(
     """The next `limit` runs as (subsystem id, run), and whether any run is left after them."""
     if limit < 1:
         raise ValueError(f"limit must be at least 1; got {limit}")
-    buffers = {iid: part.runs for iid, part in parts.items()}
-    has_more = {iid: part.has_more for iid, part in parts.items()}
-    emitted, consumed = _k_way_merge(buffers, has_more, limit, field, descending)
+    emitted, consumed = _k_way_merge(parts, limit, field, descending)
     left = any(consumed[iid] < len(part.runs) or part.has_more for iid, part in parts.items())
     return emitted, left and bool(emitted)
 
 
-@dataclass(frozen=True)
 class _HeapEntry:
-    """Heap item ordering runs in the requested direction, ties by instance id."""
+    """Heap item ordering runs in the requested direction, ties by instance id.
 
-    key: RunSortKey
-    descending: bool
-    instance_id: str
-    index: int
+    A plain slotted class: a frozen dataclass's __init__ was a visible share of a
+    gateway page's cost (one entry per run emitted).
+    """
+
+    __slots__ = ("descending", "index", "instance_id", "key")
+
+    def __init__(self, key: RunSortKey, descending: bool, instance_id: str, index: int) -> None:
+        self.key = key
+        self.descending = descending
+        self.instance_id = instance_id
+        self.index = index
 
     def __lt__(self, other: _HeapEntry) -> bool:
         if self.key != other.key:
@@ -110,39 +116,38 @@ class _HeapEntry:
 
 
 def _k_way_merge(
-    buffers: Mapping[str, Sequence[types_pb2.Run]],
-    has_more: Mapping[str, bool],
-    limit: int,
-    field: OrderField,
-    descending: bool,
+    parts: Mapping[str, SubsystemRuns], limit: int, field: OrderField, descending: bool
 ) -> tuple[list[tuple[str, types_pb2.Run]], dict[str, int]]:
     """Emit up to `limit` runs; returns them and how many were taken from each buffer."""
-    consumed = {instance_id: 0 for instance_id in buffers}
+    consumed = {instance_id: 0 for instance_id in parts}
     emitted: list[tuple[str, types_pb2.Run]] = []
     # An instance that has nothing buffered but more pages blocks the whole merge.
-    if any(not runs and has_more[instance_id] for instance_id, runs in buffers.items()):
+    if any(not part.runs and part.has_more for part in parts.values()):
         return emitted, consumed
-
-    heap = [
-        _HeapEntry(run_sort_key(runs[0], field), descending, instance_id, 0)
-        for instance_id, runs in buffers.items()
-        if runs
-    ]
+    filled = [(iid, part) for iid, part in parts.items() if part.runs]
+    if len(filled) == 1:
+        # One subsystem with runs (always so with one subsystem): its runs are in order
+        # already, and the heap would emit exactly its first `limit`.
+        instance_id, part = filled[0]
+        taken = part.runs[:limit]
+        consumed[instance_id] = len(taken)
+        return [(instance_id, run) for run in taken], consumed
+    keys = {
+        iid: part.keys if part.keys is not None else [run_sort_key(r, field) for r in part.runs]
+        for iid, part in filled
+    }
+    heap = [_HeapEntry(keys[iid][0], descending, iid, 0) for iid, _ in filled]
     heapq.heapify(heap)
     while heap and len(emitted) < limit:
         entry = heapq.heappop(heap)
-        runs = buffers[entry.instance_id]
+        runs = parts[entry.instance_id].runs
         emitted.append((entry.instance_id, runs[entry.index]))
         consumed[entry.instance_id] += 1
         following = entry.index + 1
         if following < len(runs):
-            heapq.heappush(
-                heap,
-                _HeapEntry(
-                    run_sort_key(runs[following], field), descending, entry.instance_id, following
-                ),
-            )
-        elif has_more[entry.instance_id]:
+            key = keys[entry.instance_id][following]
+            heapq.heappush(heap, _HeapEntry(key, descending, entry.instance_id, following))
+        elif parts[entry.instance_id].has_more:
             break
     return emitted, consumed
 
