@@ -7,6 +7,7 @@ the bench) read back.
 
 from __future__ import annotations
 
+import heapq
 import time
 from collections.abc import Mapping
 
@@ -22,6 +23,11 @@ APPROXIMATE_HEADER = "flowwatch-approximate"
 # How an analytics answer was computed: `exact`, `sketch;rel-err=0.01` or
 # `approximate;reason=...` (the gateway's analytics, see README).
 ANALYTICS_METHOD_HEADER = "flowwatch-analytics-method"
+# The partial-failure header names at most this many subsystems (the first by id) and
+# counts the rest: a header that grows with the fleet passes HTTP/2 header-list
+# limits (16 KiB in many clients) at a few hundred failures, and the call then fails
+# as a whole. The complete list stays in `partial_failures` (logs, metrics).
+PARTIAL_FAILURE_HEADER_MAX_NAMED = 20
 
 
 class CallContext:
@@ -56,9 +62,12 @@ class CallContext:
     def add_partial_failure(self, instance_id: str, reason: str) -> None:
         """Record that one instance failed while others answered."""
         self._partial_failures[instance_id] = reason
-        self.response_headers[PARTIAL_FAILURE_HEADER] = ", ".join(
-            f"{sid}: {why}" for sid, why in sorted(self._partial_failures.items())
-        )
+        # nsmallest, not sorted: a fan-out to 1,000 failing subsystems adds 1,000 times.
+        named = heapq.nsmallest(PARTIAL_FAILURE_HEADER_MAX_NAMED, self._partial_failures.items())
+        header = ", ".join(f"{sid}: {why}" for sid, why in named)
+        if len(self._partial_failures) > len(named):
+            header += f", and {len(self._partial_failures) - len(named)} more"
+        self.response_headers[PARTIAL_FAILURE_HEADER] = header
 
     @property
     def partial_failures(self) -> dict[str, str]:
