@@ -116,6 +116,21 @@ def test_gateway_overhead_runs_and_prints_every_row() -> None:
     assert processes_with_marker(marker) == []
 
 
+@pytest.mark.parametrize("endpoints", ["unreachable", "demo"])
+def test_scale_quick_runs_and_prints_every_row(endpoints: str) -> None:
+    marker = uuid.uuid4().hex
+    result = run_script("scale.py", "--quick", "--endpoints", endpoints, marker=marker)
+    assert result.returncode == 0, result.stderr
+    rows = table_rows(result.stdout, "measure")
+    wanted = ["all", "gateway", "gateway", "RSS", "ListSubsystems", "ListRuns"]
+    if endpoints == "demo":
+        wanted.append("GetRun")
+    assert [row.split()[0] for row in rows] == wanted, result.stdout
+    assert "50 Register streams" in result.stdout
+    assert "warning:" not in result.stderr, "a child did not exit 0"
+    assert processes_with_marker(marker) == []
+
+
 def kill_leftovers(marker: str) -> None:
     """After a failed check, remove what the benchmark left, so one failure stays one."""
     for pid in processes_with_marker(marker):
