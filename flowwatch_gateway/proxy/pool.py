@@ -14,9 +14,8 @@ serves a demo engine in-process, so routing and fan-out run without processes.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
@@ -25,7 +24,7 @@ from flowwatch_gateway.api.listing import list_all_workflows
 from flowwatch_gateway.errors import RETRYABLE_CODES
 from flowwatch_gateway.gen.flowwatch.v1 import types_pb2 as types
 from flowwatch_gateway.gen.flowwatch.v1 import workflow_service_pb2 as wf
-from flowwatch_gateway.proxy.upstream import Connect, UpstreamClients, negotiate
+from flowwatch_gateway.proxy.upstream import Connect, HttpMode, UpstreamClients, negotiate
 from flowwatch_gateway.registry.base import Registry, SubsystemInstance
 
 __all__ = ["UpstreamPool", "fetch_all_workflows"]
@@ -52,6 +51,20 @@ async def fetch_all_workflows(
     return found
 
 
+def _made_once(connect: Connect) -> Connect:
+    """`connect` that makes the clients for each (id, endpoint, mode) once, then reuses them."""
+    made: dict[tuple[str, str, HttpMode | None], UpstreamClients] = {}
+
+    def once(instance_id: str, endpoint: str, mode: HttpMode | None) -> UpstreamClients:
+        key = (instance_id, endpoint, mode)
+        clients = made.get(key)
+        if clients is None:
+            clients = made[key] = connect(instance_id, endpoint, mode)
+        return clients
+
+    return once
+
+
 class UpstreamPool:
     """Owns every subsystem's clients and the background work that prepares them."""
 
@@ -61,6 +74,8 @@ class UpstreamPool:
         self._connect = connect
         self._clients: dict[str, UpstreamClients] = {}
         self._background: set[asyncio.Task[None]] = set()
+        # Discovery retries waiting for their turn (see _prepare).
+        self._timers: set[asyncio.TimerHandle] = set()
         # connectrpc turns a cancelled call into ConnectError(CANCELED), so a loop
         # cannot rely on task cancellation alone to stop: it also checks this.
         self._closing = asyncio.Event()
@@ -107,6 +122,9 @@ class UpstreamPool:
 
     async def aclose(self) -> None:
         self._closing.set()
+        for timer in self._timers:
+            timer.cancel()
+        self._timers.clear()
         for task in list(self._background):
             task.cancel()
         if self._background:
@@ -123,28 +141,46 @@ class UpstreamPool:
 
         self.track(asyncio.ensure_future(run()))
 
-    async def _prepare(self, instance: SubsystemInstance, clients: UpstreamClients) -> None:
+    async def _prepare(
+        self,
+        instance: SubsystemInstance,
+        clients: UpstreamClients,
+        delay: float = DISCOVERY_FIRST_RETRY_S,
+        connect: Connect | None = None,
+    ) -> None:
         """Settle the HTTP version, then discover what the registration left out.
 
         Both steps are retried with backoff for as long as this registration is
-        current and the subsystem has not answered.
+        current and the subsystem has not answered. Between attempts a subsystem
+        costs one timer: no task waits, and the clients (the HTTP/1.1 fallback too)
+        are made once and reused by every attempt.
         """
-        delay = DISCOVERY_FIRST_RETRY_S
-        while self._registry.is_current(instance.id, instance.epoch):
-            negotiated, reachable = await negotiate(clients, self._connect)
-            if self._closing.is_set():
+        if not self._registry.is_current(instance.id, instance.epoch):
+            return
+        connect = connect or _made_once(self._connect)
+        negotiated, reachable = await negotiate(clients, connect)
+        if self._closing.is_set():
+            return
+        if negotiated is not clients:
+            if self._clients.get(instance.id) is not clients:  # replaced meanwhile
                 return
-            if negotiated is not clients:
-                if self._clients.get(instance.id) is not clients:  # replaced meanwhile
-                    return
-                self._clients[instance.id] = clients = negotiated
-            if reachable and await self._discover(instance, clients):
-                return
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._closing.wait(), delay)
-            if self._closing.is_set():
-                return
-            delay = min(delay * 2, DISCOVERY_MAX_RETRY_S)
+            self._clients[instance.id] = clients = negotiated
+        if reachable and await self._discover(instance, clients):
+            return
+        if self._closing.is_set():
+            return
+        next_delay = min(delay * 2, DISCOVERY_MAX_RETRY_S)
+        self._later(delay, lambda: self._prepare(instance, clients, next_delay, connect))
+
+    def _later(self, delay: float, work: Callable[[], Awaitable[None]]) -> None:
+        """Run `work()` as a background task after `delay` seconds (aclose() cancels it)."""
+
+        def fire() -> None:
+            self._timers.discard(handle)
+            self._spawn(work())
+
+        handle = asyncio.get_running_loop().call_later(delay, fire)
+        self._timers.add(handle)
 
     async def _discover(self, instance: SubsystemInstance, clients: UpstreamClients) -> bool:
         """Fetch workflows/capabilities when the RegisterRequest carried none (Go clients).

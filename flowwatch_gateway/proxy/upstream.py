@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -71,7 +72,12 @@ def _transport(mode: HttpMode) -> pyqwest.HTTPTransport:
 
 @dataclass
 class UpstreamClients:
-    """Connect clients for one registered subsystem (cheap: the transport is shared)."""
+    """Connect clients for one registered subsystem (cheap: the transport is shared).
+
+    Each generated client is made on first use: building one resolves its
+    interceptors (typing.Protocol checks), and a thousand subsystems that only ever
+    get probed (or never answer) would otherwise pay for five each, every time.
+    """
 
     instance_id: str
     endpoint: str
@@ -79,26 +85,43 @@ class UpstreamClients:
     transport: pyqwest.Transport
     # Observers of every call (metrics, trace headers); see serving/observe.py.
     interceptors: Sequence[Interceptor] = ()
-    workflows: workflow_service_connect.WorkflowServiceClient = field(init=False)
-    runs: run_service_connect.RunServiceClient = field(init=False)
-    analytics: analytics_service_connect.AnalyticsServiceClient = field(init=False)
-    stream: stream_service_connect.StreamServiceClient = field(init=False)
-    search: search_service_connect.SearchServiceClient = field(init=False)
 
-    def __post_init__(self) -> None:
-        address = self.endpoint.rstrip("/")
-        options: dict[str, Any] = {
+    def _options(self) -> dict[str, Any]:
+        return {
             "protocol": ProtocolType.CONNECT,
             "send_compression": None,
             "read_max_bytes": READ_MAX_BYTES,
-            "http_client": pyqwest.Client(self.transport),
+            "http_client": self._http_client,
             "interceptors": self.interceptors,
         }
-        self.workflows = workflow_service_connect.WorkflowServiceClient(address, **options)
-        self.runs = run_service_connect.RunServiceClient(address, **options)
-        self.analytics = analytics_service_connect.AnalyticsServiceClient(address, **options)
-        self.stream = stream_service_connect.StreamServiceClient(address, **options)
-        self.search = search_service_connect.SearchServiceClient(address, **options)
+
+    @cached_property
+    def _address(self) -> str:
+        return self.endpoint.rstrip("/")
+
+    @cached_property
+    def _http_client(self) -> pyqwest.Client:
+        return pyqwest.Client(self.transport)
+
+    @cached_property
+    def workflows(self) -> workflow_service_connect.WorkflowServiceClient:
+        return workflow_service_connect.WorkflowServiceClient(self._address, **self._options())
+
+    @cached_property
+    def runs(self) -> run_service_connect.RunServiceClient:
+        return run_service_connect.RunServiceClient(self._address, **self._options())
+
+    @cached_property
+    def analytics(self) -> analytics_service_connect.AnalyticsServiceClient:
+        return analytics_service_connect.AnalyticsServiceClient(self._address, **self._options())
+
+    @cached_property
+    def stream(self) -> stream_service_connect.StreamServiceClient:
+        return stream_service_connect.StreamServiceClient(self._address, **self._options())
+
+    @cached_property
+    def search(self) -> search_service_connect.SearchServiceClient:
+        return search_service_connect.SearchServiceClient(self._address, **self._options())
 
 
 def initial_mode(endpoint: str) -> HttpMode:
