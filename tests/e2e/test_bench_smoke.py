@@ -11,6 +11,7 @@ import contextlib
 import importlib.util
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import sys
@@ -112,6 +113,28 @@ def test_gateway_overhead_runs_and_prints_every_row() -> None:
         "GetThroughput"
     ] * 2, result.stdout
     assert "ask all 3 subsystems" in result.stdout
+    assert "warning:" not in result.stderr, "a child did not exit 0"
+    assert processes_with_marker(marker) == []
+
+
+def test_routed_proxy_runs_and_prints_a_row_per_tool_and_path() -> None:
+    """Rows for each installed load generator; a missing one (or nginx) is said, not fatal."""
+    marker = uuid.uuid4().hex
+    result = run_script("routed_proxy.py", "--quick", marker=marker)
+    assert result.returncode == 0, result.stderr
+    tools = {"h2c": shutil.which("h2load"), "HTTP/1.1": shutil.which("wrk")}
+    for protocol, tool in tools.items():
+        if tool is None:
+            name = "h2load" if protocol == "h2c" else "wrk"
+            assert f"# {name} not found" in result.stdout
+    if any(tools.values()):
+        rows = table_rows(result.stdout, "protocol")
+        nginx = "# nginx not found" not in result.stdout  # HTTP/1.1 rows only
+        paths = {"h2c": 3, "HTTP/1.1": 4 if nginx else 3}
+        wanted = sum(2 * paths[protocol] for protocol, tool in tools.items() if tool)
+        assert len(rows) == wanted, result.stdout
+        assert {row.split()[2] for row in rows} <= {"direct", "gateway", "decoding", "nginx"}
+        assert "load average after each round" in result.stdout
     assert "warning:" not in result.stderr, "a child did not exit 0"
     assert processes_with_marker(marker) == []
 
