@@ -276,8 +276,9 @@ def _replay(read: list[AsgiMessage], receive: Receive) -> Receive:
 def _caller_timeout_s(header: str) -> float | None:
     if not header:
         return None
-    if not header.isdigit() or len(header) > 10:
-        raise _Fallback  # connectrpc's server answers malformed deadlines itself
+    if not header.isdigit() or len(header) > 10 or int(header) == 0:
+        # Malformed or already expired: connectrpc's server answers those itself.
+        raise _Fallback
     return int(header) / 1000.0
 
 
