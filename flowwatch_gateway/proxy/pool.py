@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import Awaitable, Callable, Iterable
 
 from connectrpc.code import Code
@@ -169,8 +170,18 @@ class UpstreamPool:
             return
         if self._closing.is_set():
             return
+        if not reachable:
+            # Said once per registration: a subsystem that never listens would otherwise
+            # log a line at every retry, for as long as it stays registered.
+            (log.warning if delay == DISCOVERY_FIRST_RETRY_S else log.debug)(
+                "subsystem %s at %s does not answer yet; trying again with backoff",
+                instance.id,
+                instance.endpoint,
+            )
         next_delay = min(delay * 2, DISCOVERY_MAX_RETRY_S)
-        self._later(delay, lambda: self._prepare(instance, clients, next_delay, connect))
+        # Jitter: subsystems that registered together do not all retry in the same second.
+        wait = random.uniform(delay / 2, delay)
+        self._later(wait, lambda: self._prepare(instance, clients, next_delay, connect))
 
     def _later(self, delay: float, work: Callable[[], Awaitable[None]]) -> None:
         """Run `work()` as a background task after `delay` seconds (aclose() cancels it)."""

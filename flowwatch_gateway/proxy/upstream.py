@@ -199,6 +199,20 @@ class SharedTransports:
             await transport.aclose()
 
 
+def never_connected(exc: ConnectError) -> bool:
+    """Whether the call failed before a TCP connection existed (refused, no route).
+
+    The HTTP client reports these as its "tcp connect error"; an HTTP/2 failure
+    against an HTTP/1.1-only server happens on an open connection instead.
+    """
+    cause = exc.__cause__
+    return (
+        isinstance(exc, UpstreamUnreached)
+        and isinstance(cause, ConnectionError)
+        and "tcp connect error" in str(cause)
+    )
+
+
 async def negotiate(
     clients: UpstreamClients,
     connect: Connect,
@@ -220,6 +234,8 @@ async def negotiate(
     except ConnectError as exc:
         if exc.code not in NEGOTIATION_FAILURE_CODES:
             return clients, True  # it answered over HTTP/2, just not with success
+        if never_connected(exc):
+            return clients, False  # nothing listens there: HTTP/1.1 would be refused too
         h2_error = exc
     fallback = connect(clients.instance_id, clients.endpoint, "http1")
     try:
@@ -228,7 +244,7 @@ async def negotiate(
         )
     except ConnectError as exc:
         if exc.code in NEGOTIATION_FAILURE_CODES:
-            log.warning(
+            log.debug(
                 "instance %s at %s did not answer a probe over h2c (%s) or HTTP/1.1 (%s)",
                 clients.instance_id,
                 clients.endpoint,
