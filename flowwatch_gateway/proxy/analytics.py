@@ -174,42 +174,44 @@ class AnalyticsProxy:
 
     # --- counts: add exactly -----------------------------------------------------------
 
+    async def _counts(
+        self,
+        rpc: str,
+        request: _FilteredRequest,
+        ctx: CallContext,
+        method: Callable[[UpstreamClients], Callable[..., Awaitable[T]]],
+        merged: Callable[[dict[str, T]], R],
+    ) -> R:
+        """Counts add exactly: ask, merge, say so (cached like every analytics answer)."""
+
+        async def compute() -> R:
+            answers = await self._ask(rpc, request, ctx, method)
+            self._report(ctx, EXACT)
+            return merged(answers)
+
+        scope = self._filtered_scope(request)
+        return await self._cached(rpc, request, ctx, scope, self._bucket_s(request), compute)
+
     async def get_throughput(
         self, request: analytics.GetThroughputRequest, ctx: CallContext
     ) -> analytics.GetThroughputResponse:
-        async def compute() -> analytics.GetThroughputResponse:
-            answers = await self._ask(
-                "GetThroughput", request, ctx, lambda c: c.analytics.get_throughput
-            )
-            self._report(ctx, EXACT)
-            return merge.merge_throughput(answers)
-
-        return await self._cached(
+        return await self._counts(
             "GetThroughput",
             request,
             ctx,
-            self._filtered_scope(request),
-            self._bucket_s(request),
-            compute,
+            lambda c: c.analytics.get_throughput,
+            merge.merge_throughput,
         )
 
     async def get_failure_rate(
         self, request: analytics.GetFailureRateRequest, ctx: CallContext
     ) -> analytics.GetFailureRateResponse:
-        async def compute() -> analytics.GetFailureRateResponse:
-            answers = await self._ask(
-                "GetFailureRate", request, ctx, lambda c: c.analytics.get_failure_rate
-            )
-            self._report(ctx, EXACT)
-            return merge.merge_failure_rate(answers)
-
-        return await self._cached(
+        return await self._counts(
             "GetFailureRate",
             request,
             ctx,
-            self._filtered_scope(request),
-            self._bucket_s(request),
-            compute,
+            lambda c: c.analytics.get_failure_rate,
+            merge.merge_failure_rate,
         )
 
     async def get_step_heatmap(
