@@ -44,8 +44,10 @@ class Gateway:
         """`connect` replaces the network (tests); by default clients share real transports,
         which check every call's endpoint against `endpoint_policy` when one is given;
         `interceptors` observe every upstream call (by subsystem id)."""
-        checker = None if endpoint_policy is None else EndpointChecker(endpoint_policy)
-        self._transports = SharedTransports(checker, interceptors=interceptors)
+        self.endpoint_checker = (
+            None if endpoint_policy is None else EndpointChecker(endpoint_policy)
+        )
+        self._transports = SharedTransports(self.endpoint_checker, interceptors=interceptors)
         self.pool = UpstreamPool(
             registry,
             timeout_s=config.upstream_timeout,

@@ -50,6 +50,22 @@ PROBE_TIMEOUT_MS = 3000
 READ_MAX_BYTES = 16 * 1024 * 1024
 
 
+async def read_capped(response: pyqwest.Response) -> bytes:
+    """A raw answer's body, refused past READ_MAX_BYTES as the generated clients refuse it."""
+    chunks = bytearray()
+    try:
+        async for chunk in response.content:
+            chunks.extend(chunk)
+            if len(chunks) > READ_MAX_BYTES:
+                raise ConnectError(
+                    Code.RESOURCE_EXHAUSTED,
+                    f"message is larger than configured max {READ_MAX_BYTES}",
+                )
+    finally:
+        await response.aclose()
+    return bytes(chunks)
+
+
 def _transport(mode: HttpMode) -> pyqwest.HTTPTransport:
     if mode == "h2c":
         version: pyqwest.HTTPVersion | None = pyqwest.HTTPVersion.HTTP2

@@ -273,31 +273,51 @@ async def resolve(host: str, port: int) -> list[IPAddress]:
 
 async def endpoint_refusal(policy: EndpointPolicy, endpoint: str) -> str | None:
     """Resolve the endpoint's host and check it; the refusing rule, or None."""
+    return (await _checked(policy, endpoint))[0]
+
+
+async def _checked(policy: EndpointPolicy, endpoint: str) -> tuple[str | None, str | None]:
+    """(refusing rule or None, `address:port` to dial or None when it does not resolve)."""
     host, port = endpoint_host_port(endpoint)
-    return policy.check(host, await resolve(host, port), port)
+    addresses = await resolve(host, port)
+    dial = None
+    if addresses:
+        first = addresses[0]
+        dial = f"[{first}]:{port}" if first.version == 6 else f"{first}:{port}"
+    return policy.check(host, addresses, port), dial
 
 
 class EndpointChecker:
     """The call-time check: raise permission_denied before dialing a refused endpoint.
 
     The proxy calls `await checker.ensure_allowed(endpoint)` before each upstream
-    call; verdicts are cached for CHECK_CACHE_TTL_S.
+    call; verdicts are cached for CHECK_CACHE_TTL_S. `dial_address` also gives the
+    address that was checked, for a client that can be told where to connect.
     """
 
     def __init__(self, policy: EndpointPolicy, *, cache_ttl: float = CHECK_CACHE_TTL_S) -> None:
         self.policy = policy
         self._ttl = cache_ttl
-        self._verdicts: dict[str, tuple[float, str | None]] = {}
+        self._verdicts: dict[str, tuple[float, str | None, str | None]] = {}
 
     async def ensure_allowed(self, endpoint: str) -> None:
+        await self.dial_address(endpoint)
+
+    async def dial_address(self, endpoint: str) -> str | None:
+        """`address:port` the endpoint resolved to and was allowed at (None: no address).
+
+        Raises permission_denied when a rule refuses it. Every resolved address was
+        checked, so connecting to the one returned leaves no window for DNS rebinding.
+        """
         now = time.monotonic()
         cached = self._verdicts.get(endpoint)
         if cached is not None and now - cached[0] < self._ttl:
-            refusal = cached[1]
+            refusal, dial = cached[1], cached[2]
         else:
-            refusal = await endpoint_refusal(self.policy, endpoint)
+            refusal, dial = await _checked(self.policy, endpoint)
             if len(self._verdicts) > 10_000:
                 self._verdicts.clear()  # bounded; entries are cheap to recompute
-            self._verdicts[endpoint] = (now, refusal)
+            self._verdicts[endpoint] = (now, refusal, dial)
         if refusal is not None:
             raise ConnectError(Code.PERMISSION_DENIED, f"endpoint {endpoint} is refused: {refusal}")
+        return dial

@@ -41,6 +41,7 @@ from flowwatch_gateway.registry.register import (
 )
 from flowwatch_gateway.serving.asgi_guard import GuardReceiveAfterBody
 from flowwatch_gateway.serving.control import serve_control_socket
+from flowwatch_gateway.serving.envoy_leg import EnvoyLeg
 from flowwatch_gateway.serving.guards import ReadOnlyActions, RequireHttp2
 from flowwatch_gateway.serving.observability import Observability
 from flowwatch_gateway.serving.passthrough import Passthrough
@@ -73,18 +74,26 @@ DISCONNECT_FLUSH_SECONDS = 1.5
 SHARED_FLUSH_SECONDS = 1.5
 
 
-class _RegisterBypass(Starlette):
-    """Starlette that hands GatewayService paths to `register_app` before its middleware.
+class _GatewayApp(Starlette):
+    """Starlette with two paths in front of its middleware: Register and the passthrough.
 
-    Every message of every Register stream otherwise passes the error, CORS, exception
-    and observability wrappers around each send: with 1,000 streams at a 1 s heartbeat
-    that was about a tenth of the gateway's CPU. Subsystems are not browsers (no
-    CORS), the API-call hooks do not cover Register, and the connect app answers its
-    own errors. `scope["app"]` is still this app, so `request.app.state` keeps working.
+    Register (`register_app`, GatewayService paths): every message of every stream
+    otherwise passes the error, CORS, exception and observability wrappers around
+    each send; with 1,000 streams at a 1 s heartbeat that was about a tenth of the
+    gateway's CPU. Subsystems are not browsers (no CORS), the API-call hooks do not
+    cover Register, and the connect app answers its own errors.
+
+    The passthrough (`front`, serving/passthrough.py): measured on a routed GetRun,
+    the middleware stack cost about a third of the gateway's Python time per call.
+    It answers per-run calls itself, with what the stack would add, and hands every
+    other request to the stack (`stack`).
+
+    `scope["app"]` is still this app, so `request.app.state` keeps working.
     """
 
     register_prefix = ""
     register_app: ASGIApp | None = None
+    front: ASGIApp | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         direct = self.register_app
@@ -96,6 +105,14 @@ class _RegisterBypass(Starlette):
             scope["app"] = self
             await direct(scope, receive, send)
             return
+        if self.front is not None:
+            scope["app"] = self
+            await self.front(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+    async def stack(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The Starlette app with all its middleware."""
         await super().__call__(scope, receive, send)
 
 
@@ -190,39 +207,36 @@ def create_app(
         Mount(gateway_app.path, RequireHttp2(gateway_app)),
         *flowwatch_routes(gateway.backends()),
     ]
-    app = _RegisterBypass(
+    app = _GatewayApp(
         routes=routes,
         middleware=[
             Middleware(GuardReceiveAfterBody),
             # Outside CORS: /metrics and /status never carry CORS headers.
             *observability.middleware(),
-            Middleware(
-                CORSMiddleware,
-                allow_origins=list(config.ui_origins),
-                allow_methods=list(CORS_METHODS),
-                allow_headers=list(CORS_ALLOW_HEADERS),
-                expose_headers=list(CORS_EXPOSE_HEADERS),
-                max_age=CORS_MAX_AGE_SECONDS,
-            ),
+            Middleware(cors_middleware, config=config),
             # Inside CORS, so a browser can read the refusal.
             *([Middleware(ReadOnlyActions)] if config.read_only else []),
-            # Innermost: per-run calls to a known owner as bytes; the rest decode.
-            *(
-                [
-                    Middleware(
-                        Passthrough,
-                        owners=gateway.router.owners,
-                        pool=gateway.pool,
-                        upstream_timeout_s=config.upstream_timeout,
-                        sink=observability.metrics,
-                    )
-                ]
-                if config.passthrough
-                else []
-            ),
         ],
         lifespan=lifespan,
     )
+    if config.passthrough:
+        # Per-run calls to a known owner as bytes; everything else takes the stack.
+        checker = gateway.endpoint_checker
+        app.front = Passthrough(
+            app.stack,
+            owners=gateway.router.owners,
+            pool=gateway.pool,
+            upstream_timeout_s=config.upstream_timeout,
+            sink=observability.metrics,
+            envoy=(
+                EnvoyLeg.from_environment(checker, timeout_s=config.upstream_timeout)
+                if checker is not None
+                else None
+            ),
+            cors=cors_middleware(app.stack, config=config),
+            propagate_trace=config.trace_propagation,
+            read_only=config.read_only,
+        )
     # The same guards the middleware path applies (the Mount above stays for clarity
     # and for the bare service path).
     app.register_prefix = f"{gateway_app.path}/"
@@ -238,6 +252,18 @@ def create_app(
     app.state.started = False
     app.state.draining = False
     return app
+
+
+def cors_middleware(app: ASGIApp, *, config: GatewayConfig) -> CORSMiddleware:
+    """What browsers at the UI origins may send and read (one policy for every path)."""
+    return CORSMiddleware(
+        app,
+        allow_origins=list(config.ui_origins),
+        allow_methods=list(CORS_METHODS),
+        allow_headers=list(CORS_ALLOW_HEADERS),
+        expose_headers=list(CORS_EXPOSE_HEADERS),
+        max_age=CORS_MAX_AGE_SECONDS,
+    )
 
 
 def register_service_for(

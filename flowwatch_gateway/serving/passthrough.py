@@ -2,19 +2,20 @@
 
 Profiling a routed GetRun (README, Performance) showed the gateway's Python thread
 busy most of each call in framework work around one dictionary lookup: Starlette's
-routing, connectrpc's server (decode, handler, encode), connectrpc's client (encode,
-decode) and a disconnect watcher per request. For the per-run rpcs (PER_RUN_RPCS)
-none of it is needed once the run's owner is known: this ASGI layer, in front of the
-Connect apps and inside CORS, observation and the read-only guard, reads the
-request, decodes only what it must (the run id and the required fields, to refuse
-what the decoding path refuses), and sends the body as it is to the owner over the
-shared pooled transport. The owner's answer goes back as it is, with the headers the
-decoding path would send.
+middleware and routing, connectrpc's server (decode, handler, encode), connectrpc's
+client (encode, decode) and a disconnect watcher per request. For the per-run rpcs
+(PER_RUN_RPCS) none of it is needed once the run's owner is known: this ASGI layer,
+in front of the whole Starlette app, reads the request, decodes only what it must
+(the run id and the required fields, to refuse what the decoding path refuses), and
+sends the body as it is to the owner: through the Envoy the gateway runs in when it
+can (envoy_leg.py), else over the shared pyqwest transport. The owner's answer goes
+back as it is, with the headers the decoding path would send, CORS ones included.
 
-Everything else falls back, unchanged, to the decoding path (with the body read so
-far replayed): owner unknown or not connected, a codec other than Connect unary
-binary or JSON, a compressed request, GET requests, gRPC, streams, anything that
-does not decode cleanly. Kept the same as on the decoding path:
+Everything else falls back, unchanged, to the stack and the decoding path (with the
+body read so far replayed): owner unknown or not connected, a codec other than
+Connect unary binary or JSON, a compressed request, GET requests, gRPC, streams,
+anything that does not decode cleanly, an owner that could not be connected to,
+actions on a read-only gateway. Kept the same as on the decoding path:
 
 - errors: an owner's answer keeps its code and message (`routed_error`); a call
   that never got an answer is `unavailable`/`deadline_exceeded` naming the
@@ -25,20 +26,24 @@ does not decode cleanly. Kept the same as on the decoding path:
   answer is then decoded and encoded again), and a retry's `new_run_id` is
   remembered as living with the owner;
 - deadlines: the owner gets the caller's deadline capped like every upstream call
-  (`upstream_timeout_ms`) in Connect-Timeout-Ms; no other request header leaks;
-- observation: the call is added to the current CallRecord and timed as an upstream
-  call, as the upstream interceptor does for the generated clients;
+  (`upstream_timeout_ms`) in Connect-Timeout-Ms; no other header of the caller leaks;
+- observation: counted as an API call to one subsystem and timed as an upstream
+  call, as ObserveApiCalls and the upstream interceptor count the decoding path's;
+  trace headers forwarded when GATEWAY_TRACE_PROPAGATION is on;
+- CORS: the stack's own CORSMiddleware writes the headers of every answer;
 - response compression: negotiated from Accept-Encoding as connectrpc's server does.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
+import logging
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Coroutine, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import pyqwest
 from connectrpc._compression import negotiate_compression, resolve_compressions
@@ -48,6 +53,8 @@ from connectrpc.compat import google_protobuf_json_codec
 from connectrpc.errors import ConnectError
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError, Message
+from starlette.datastructures import Headers
+from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.types import Message as AsgiMessage
 
@@ -60,10 +67,13 @@ from flowwatch_gateway.proxy.merge.runs import owned
 from flowwatch_gateway.proxy.owners import RunOwnerCache
 from flowwatch_gateway.proxy.pool import UpstreamPool
 from flowwatch_gateway.proxy.runs import PER_RUN_RPCS
-from flowwatch_gateway.proxy.upstream import READ_MAX_BYTES
-from flowwatch_gateway.serving.observe import UpstreamSink, current_call
+from flowwatch_gateway.proxy.upstream import read_capped
+from flowwatch_gateway.serving.envoy_leg import EnvoyLeg, NeverSent
+from flowwatch_gateway.serving.observe import CallSink, UpstreamSink, trace_headers
 
 __all__ = ["Passthrough"]
+
+log = logging.getLogger(__name__)
 
 PROTO = "application/proto"
 JSON = "application/json"
@@ -86,19 +96,22 @@ class _Rpc:
     new_run_id: bool
 
 
-def _rpc_table() -> dict[str, _Rpc]:
+def _rpc_table(*, read_only: bool) -> dict[str, _Rpc]:
+    """The rpcs this layer may answer; a read-only gateway's actions are refused behind it."""
     table = {}
     for rpc in PER_RUN_RPCS:
         method = _SERVICE.methods_by_name[rpc.name]
         if method.server_streaming or method.client_streaming:
             continue
+        if read_only and rpc.changes_state:
+            continue
         request = run_service_pb2.DESCRIPTOR.message_types_by_name[method.input_type.name]
         response = run_service_pb2.DESCRIPTOR.message_types_by_name[method.output_type.name]
         keys = {}
-        for field in request.fields:
-            if field.type == FieldDescriptor.TYPE_STRING and not _repeated(field):
-                keys[field.json_name] = field.name
-                keys[field.name] = field.name
+        for proto_field in request.fields:
+            if proto_field.type == FieldDescriptor.TYPE_STRING and not _repeated(proto_field):
+                keys[proto_field.json_name] = proto_field.name
+                keys[proto_field.name] = proto_field.name
         table[f"/{_SERVICE.full_name}/{rpc.name}"] = _Rpc(
             rpc.name,
             getattr(run_service_pb2, request.name),
@@ -113,12 +126,35 @@ def _repeated(field: FieldDescriptor) -> bool:
     return bool(field.is_repeated)
 
 
+@dataclass
+class _Call:
+    """One call this layer is answering: what the caller asked for, and where to reply."""
+
+    rpc: _Rpc
+    content_type: str
+    deadline: str  # Connect-Timeout-Ms as sent
+    accept: str  # Accept-Encoding as sent
+    send: Send  # the caller's send, with CORS headers when configured
+    trace: dict[str, str] = field(default_factory=dict)
+    answered: bool = False
+
+
 class _Fallback(Exception):
     """This call takes the decoding path (raised before anything was sent upstream)."""
 
 
+class _Sink(UpstreamSink, CallSink, Protocol):
+    """Where the passthrough reports its calls (GatewayMetrics)."""
+
+
 class Passthrough:
-    """ASGI middleware: per-run Connect unary calls to a known, connected owner as bytes."""
+    """ASGI app in front of the gateway's whole stack (`app`), which gets everything else.
+
+    It does for its own answers what the stack's layers would: CORS headers (the
+    stack's own CORSMiddleware writes them), the API-call and upstream metrics, trace
+    headers, and a read-only gateway's refusal of actions (by leaving them to the
+    stack). A call that falls back reaches the stack as if this layer were not there.
+    """
 
     def __init__(
         self,
@@ -127,14 +163,22 @@ class Passthrough:
         owners: RunOwnerCache,
         pool: UpstreamPool,
         upstream_timeout_s: float,
-        sink: UpstreamSink | None = None,
+        sink: _Sink | None = None,
+        envoy: EnvoyLeg | None = None,
+        cors: CORSMiddleware | None = None,
+        propagate_trace: bool = False,
+        read_only: bool = False,
     ) -> None:
+        """`envoy`: send through the Envoy the app runs in (envoy_leg.py), else pyqwest."""
         self._app = app
         self._owners = owners
         self._pool = pool
         self._timeout_s = upstream_timeout_s
         self._sink = sink
-        self._rpcs = _rpc_table()
+        self._envoy = envoy
+        self._cors = cors
+        self._propagate_trace = propagate_trace
+        self._rpcs = _rpc_table(read_only=read_only)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         rpc = self._rpcs.get(scope["path"]) if scope["type"] == "http" else None
@@ -159,16 +203,27 @@ class Passthrough:
             await self._app(scope, receive, send)
             return
         body, read = await _read_body(receive)
+        call = _Call(rpc, content_type, timeout, accept_encoding, self._answer_to(scope, send))
+        if self._propagate_trace:
+            call.trace = trace_headers(scope["headers"])
         try:
             if body is None:
                 raise _Fallback
-            await self._pass(rpc, content_type, body, timeout, accept_encoding, send)
+            await self._pass(call, body)
         except _Fallback:
             await self._app(scope, _replay(read, receive), send)
+        except Exception:  # a bug here must not leave the caller without an answer
+            log.exception("passthrough of %s failed", rpc.name)
+            if not call.answered:
+                await _send_error(call.send, ConnectError(Code.INTERNAL, "internal error"))
 
-    async def _pass(
-        self, rpc: _Rpc, content_type: str, body: bytes, deadline: str, accept: str, send: Send
-    ) -> None:
+    def _answer_to(self, scope: Scope, send: Send) -> Send:
+        if self._cors is None:
+            return send
+        return functools.partial(self._cors.send, send=send, request_headers=Headers(scope=scope))
+
+    async def _pass(self, call: _Call, body: bytes) -> None:
+        rpc, content_type = call.rpc, call.content_type
         request = _decode_request(rpc, content_type, body)
         run_id: str = request.run_id  # type: ignore[attr-defined]
         # Membership first: a miss is counted once, by the decoding path.
@@ -178,7 +233,7 @@ class Passthrough:
         clients = self._pool.connected_clients(owner) if owner else None
         if owner is None or clients is None:
             raise _Fallback
-        ctx = CallContext.with_timeout(_caller_timeout_s(deadline))
+        ctx = CallContext.with_timeout(_caller_timeout_s(call.deadline))
         timeout_ms = upstream_timeout_ms(ctx, self._timeout_s)
         headers: dict[str | pyqwest.HTTPHeaderName, str] = {
             "content-type": content_type,
@@ -186,38 +241,46 @@ class Passthrough:
             "connect-timeout-ms": str(timeout_ms),
             "accept-encoding": "identity",
         }
-        record = current_call.get()
-        if record is not None:
-            record.subsystems.add(owner)
-            headers.update(record.trace_headers)
+        headers.update(call.trace)
         url = f"{clients.endpoint.rstrip('/')}/{_SERVICE.full_name}/{rpc.name}"
         started = time.monotonic()
         error: ConnectError | None = None
         try:
-            status, answer_type, answer = await _post(
-                clients.transport, url, headers, body, timeout_ms
-            )
+            if self._envoy is not None and self._envoy.serves(clients):
+                exchange = self._envoy.post(clients, url, headers, body, timeout_ms)
+                bound = None  # Envoy times the request itself
+            else:
+                exchange = _post(clients.transport, url, headers, body)
+                bound = timeout_ms
+            status, answer_type, answer = await _bounded(exchange, bound)
             error = _answer_error(status, answer_type, answer, content_type)
         except ConnectError as exc:
             error = exc
-        finally:
-            if self._sink is not None:
-                self._sink.upstream_call(
-                    owner, rpc.name, error, time.monotonic() - started, unary=True
-                )
+        except NeverSent as exc:
+            # Nothing reached the owner: the decoding path tries, and reports it its way.
+            raise _Fallback from exc
+        if self._sink is not None:
+            self._sink.upstream_call(owner, rpc.name, error, time.monotonic() - started, unary=True)
+        if (
+            error is not None
+            and error.code == Code.NOT_FOUND
+            and not isinstance(error, UpstreamUnreached)
+        ):
+            self._owners.forget(run_id)  # the cache was wrong: the decoding path looks
+            raise _Fallback
+        if self._sink is not None:
+            self._sink.fanned_out(rpc.name, 1)  # as the stack's ObserveApiCalls counts calls
+        if error is None:
+            try:
+                answer = self._bookkeeping(rpc, content_type, answer, owner)
+            except (DecodeError, ValueError) as exc:  # the generated client's decode fails too
+                error = ConnectError(Code.INTERNAL, str(exc))
+        call.answered = True
         if error is not None:
-            if error.code == Code.NOT_FOUND and not isinstance(error, UpstreamUnreached):
-                self._owners.forget(run_id)  # the cache was wrong: the decoding path looks
-                raise _Fallback
-            await _send_error(send, routed_error(owner, error))
+            await _send_error(call.send, routed_error(owner, error))
             return
-        try:
-            answer = self._bookkeeping(rpc, content_type, answer, owner)
-        except (DecodeError, ValueError) as exc:  # the generated client's decode would fail
-            await _send_error(send, routed_error(owner, ConnectError(Code.INTERNAL, str(exc))))
-            return
-        compression = negotiate_compression(accept, _COMPRESSIONS)
-        await send(
+        compression = negotiate_compression(call.accept, _COMPRESSIONS)
+        await call.send(
             {
                 "type": "http.response.start",
                 "status": 200,
@@ -228,7 +291,7 @@ class Passthrough:
                 ],
             }
         )
-        await send({"type": "http.response.body", "body": compression.compress(answer)})
+        await call.send({"type": "http.response.body", "body": compression.compress(answer)})
 
     def _bookkeeping(self, rpc: _Rpc, content_type: str, answer: bytes, owner: str) -> bytes:
         """What the decoding path does with an answer: fill subsystem_id, remember retries."""
@@ -312,38 +375,34 @@ def _decode_request(rpc: _Rpc, content_type: str, body: bytes) -> Message:
     return request
 
 
+async def _bounded(
+    exchange: Coroutine[Any, Any, tuple[int, str, bytes]], timeout_ms: int | None
+) -> tuple[int, str, bytes]:
+    """The exchange within `timeout_ms` (None: it is bounded itself), failures as the
+    generated client reports them."""
+    try:
+        if timeout_ms is None:
+            return await exchange
+        async with asyncio.timeout(timeout_ms / 1000):
+            return await exchange
+    except TimeoutError as exc:
+        raise ConnectError(Code.DEADLINE_EXCEEDED, "Request timed out") from exc
+    except (ConnectError, NeverSent):
+        raise
+    except Exception as exc:  # what the generated client turns into unavailable
+        raise ConnectError(Code.UNAVAILABLE, str(exc)) from exc
+
+
 async def _post(
     transport: pyqwest.Transport,
     url: str,
     headers: dict[str | pyqwest.HTTPHeaderName, str],
     body: bytes,
-    timeout_ms: int,
 ) -> tuple[int, str, bytes]:
-    """(status, content type, body) of the owner's answer, as the generated client sees it."""
-    try:
-        async with asyncio.timeout(timeout_ms / 1000):
-            response = await transport.execute(
-                pyqwest.Request("POST", url, pyqwest.Headers(headers), body)
-            )
-            chunks = bytearray()
-            try:
-                async for chunk in response.content:
-                    chunks.extend(chunk)
-                    if len(chunks) > READ_MAX_BYTES:
-                        raise ConnectError(
-                            Code.RESOURCE_EXHAUSTED,
-                            f"message is larger than configured max {READ_MAX_BYTES}",
-                        )
-            finally:
-                await response.aclose()
-    except TimeoutError as exc:
-        raise ConnectError(Code.DEADLINE_EXCEEDED, "Request timed out") from exc
-    except ConnectError:
-        raise
-    except Exception as exc:  # what the generated client turns into unavailable
-        raise ConnectError(Code.UNAVAILABLE, str(exc)) from exc
-    answer_type = response.headers.get("content-type") or ""
-    return response.status, answer_type, bytes(chunks)
+    """(status, content type, body) of the owner's answer over a pyqwest transport."""
+    response = await transport.execute(pyqwest.Request("POST", url, pyqwest.Headers(headers), body))
+    answer = await read_capped(response)
+    return response.status, response.headers.get("content-type") or "", answer
 
 
 def _answer_error(

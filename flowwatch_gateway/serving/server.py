@@ -33,6 +33,7 @@ from pyvoy import LogLevel, PyvoyServer, StartupError
 from flowwatch_gateway import exit_guard
 from flowwatch_gateway.config import GatewayConfig
 from flowwatch_gateway.serving.control import CONTROL_SOCKET_ENV, request_drain
+from flowwatch_gateway.serving.envoy_leg import ENVOY_LEG_ENV, envoy_clusters
 from flowwatch_gateway.serving.logs import configure_logging
 
 __all__ = ["configure_logging", "serve"]
@@ -105,7 +106,9 @@ def envoy_server(config: GatewayConfig, control_socket: str) -> GatewayEnvoyServ
         # One event loop: the registry is owned by a single loop, not shared by threads.
         worker_threads=1,
         log_level=_ENVOY_LOG_LEVELS[config.log_level],
-        env={**config.to_env(), CONTROL_SOCKET_ENV: control_socket},
+        # Envoy's own clusters carry the passthrough's upstream calls (envoy_leg.py).
+        upstreams=envoy_clusters(),
+        env={**config.to_env(), CONTROL_SOCKET_ENV: control_socket, ENVOY_LEG_ENV: "1"},
         stdout=None,
         stderr=None,
     )

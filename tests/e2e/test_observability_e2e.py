@@ -160,9 +160,25 @@ def test_traceparent_reaches_the_subsystem_only_when_enabled(propagate: bool) ->
             timeout=10,
         )
         assert response.status_code == 200
-        forwarded = f"HEADER /flowwatch.v1.RunService/ListRuns {TRACEPARENT}"
+        # The listing taught the gateway the owner: GetRun takes the passthrough.
+        run_id = response.json()["runs"][0]["id"]
+        got = httpx.post(
+            f"{gateway.url}/flowwatch.v1.RunService/GetRun",
+            json={"runId": run_id},
+            headers={"Connect-Protocol-Version": "1", "traceparent": TRACEPARENT},
+            timeout=10,
+        )
+        assert got.status_code == 200, got.text
+        forwarded = [
+            f"HEADER /flowwatch.v1.RunService/{rpc} traceparent {TRACEPARENT}"
+            for rpc in ("ListRuns", "GetRun")
+        ]
         if propagate:
-            eventually(lambda: forwarded in server.logs(), "the forwarded traceparent", 5)
+            eventually(
+                lambda: all(line in server.logs() for line in forwarded),
+                "the forwarded traceparent",
+                5,
+            )
         else:
             assert response.json().get("runs")  # the call did reach the subsystem
             assert "HEADER" not in server.logs()

@@ -9,7 +9,10 @@ answers must agree in status, body and the headers a client reads.
 
 The subsystems print the Accept-Encoding the gateway sent them: connectrpc's client
 (the decoding path) asks for gzip, the passthrough for identity; so the test also
-sees which path each call took, and that a retry's new run id was remembered.
+sees which path each call took, and that a retry's new run id was remembered. They
+also print the destination header of the Envoy leg (serving/envoy_leg.py): the
+passthrough's calls leave through the Envoy the gateway runs in, addressed to the
+subsystem's checked address.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -29,6 +33,7 @@ from google.protobuf.message import Message
 
 from flowwatch_gateway.gen.flowwatch.v1 import run_service_pb2 as runs_pb
 from flowwatch_gateway.processes import Child, free_port
+from flowwatch_gateway.serving.envoy_leg import DESTINATION_HEADER
 from tests.support.harness import (
     ROOT,
     STARTUP_TIMEOUT,
@@ -36,7 +41,7 @@ from tests.support.harness import (
     start_gateway,
     subsystem_states,
 )
-from tests.support.quirky_owner import LOGS_ERROR, STEPS_ERROR, TIMELINE_ERROR
+from tests.support.quirky_owner import LOGS_ERROR, PAUSE_HANG_S, STEPS_ERROR, TIMELINE_ERROR
 from tests.support.upstreams import (
     post,
     start_demo_server,
@@ -71,6 +76,7 @@ class Stack:
     decoding: GatewayProcess
     orders: Child
     quirky: Child
+    orders_url: str
     orders_run: str
     quirky_run: str
 
@@ -118,7 +124,9 @@ def both_connected(url: str) -> bool:
 def stack() -> Iterator[Stack]:
     now = datetime.now(UTC).replace(microsecond=0)
     with contextlib.ExitStack() as closing:
-        orders, orders_url = start_demo_server("orders", 1, now, print_header=PROBE_HEADER)
+        orders, orders_url = start_demo_server(
+            "orders", 1, now, print_header=f"{PROBE_HEADER},{DESTINATION_HEADER}"
+        )
         closing.callback(orders.close)
         quirky, quirky_url = start_quirky(now)
         closing.callback(quirky.close)
@@ -136,7 +144,7 @@ def stack() -> Iterator[Stack]:
             # ListRuns teaches each gateway every listed run's owner.
             for sid in ("orders", "quirky"):
                 runs[sid] = first_run(gateway.url, sid)
-        yield Stack(fast, decoding, orders, quirky, runs["orders"], runs["quirky"])
+        yield Stack(fast, decoding, orders, quirky, orders_url, runs["orders"], runs["quirky"])
 
 
 def call(url: str, rpc: str, content_type: str, request: Message) -> Answer:
@@ -167,9 +175,9 @@ def request_for(rpc: str, run_id: str) -> Message:
     return message_type(run_id=run_id)
 
 
-def probes(child: Child, rpc: str) -> list[str]:
-    """Accept-Encoding values the subsystem saw for `rpc`, in order."""
-    prefix = f"HEADER /flowwatch.v1.RunService/{rpc} "
+def probes(child: Child, rpc: str, header: str = PROBE_HEADER) -> list[str]:
+    """Values of `header` the subsystem saw for `rpc`, in order."""
+    prefix = f"HEADER /flowwatch.v1.RunService/{rpc} {header} "
     return [line[len(prefix) :] for line in child.logs().splitlines() if line.startswith(prefix)]
 
 
@@ -203,6 +211,7 @@ def test_orders_reads_agree_and_take_the_passthrough(
 ) -> None:
     request = request_for(rpc, stack.orders_run)
     before = len(probes(stack.orders, rpc))
+    routed_before = len(probes(stack.orders, rpc, DESTINATION_HEADER))
     fast = call(stack.fast.url, rpc, content_type, request)
     seen_fast = probes(stack.orders, rpc)[before:]
     decoding = call(stack.decoding.url, rpc, content_type, request)
@@ -211,6 +220,10 @@ def test_orders_reads_agree_and_take_the_passthrough(
     assert_same(fast, decoding, f"{rpc} {content_type}", rpc)
     assert seen_fast == ["identity"], "the passthrough answered"
     assert seen_decoding and "gzip" in seen_decoding[0], "the decoding path answered"
+    # Only the passthrough's call went through Envoy, to the address the policy checked.
+    port = stack.orders_url.rsplit(":", 1)[1]
+    routed = probes(stack.orders, rpc, DESTINATION_HEADER)[routed_before:]
+    assert routed == [f"127.0.0.1:{port}"]
 
 
 @pytest.mark.parametrize("content_type", CODECS)
@@ -293,6 +306,33 @@ def test_retry_new_run_is_remembered_by_the_passthrough(stack: Stack) -> None:
     assert got.status == 200, got.body
     # Sent to the remembered owner alone, as bytes: no broadcast, no decoding.
     assert probes(stack.orders, "GetRun")[before:] == ["identity"]
+
+
+def test_an_owner_that_does_not_answer_in_time_is_deadline_exceeded_on_both_paths(
+    stack: Stack,
+) -> None:
+    # The quirky owner's PauseRun hangs; the caller gives it half a second.
+    body = runs_pb.PauseRunRequest(run_id=stack.quirky_run).SerializeToString()
+    answers = []
+    for url in (stack.fast.url, stack.decoding.url):
+        started = time.monotonic()
+        response = httpx.post(
+            f"{url}/flowwatch.v1.RunService/PauseRun",
+            content=body,
+            headers={
+                "Content-Type": "application/proto",
+                "Connect-Protocol-Version": "1",
+                "Connect-Timeout-Ms": "500",
+                "Accept-Encoding": "identity",
+            },
+            timeout=10,
+        )
+        assert time.monotonic() - started < PAUSE_HANG_S / 2, "the deadline was kept"
+        headers = {name: response.headers.get(name, "") for name in COMPARED_HEADERS}
+        answers.append(Answer(response.status_code, headers, response.content))
+    assert answers[0].status == 504, answers[0].body
+    assert json.loads(answers[0].body)["code"] == "deadline_exceeded"
+    assert_same(answers[0], answers[1], "PauseRun past its deadline")
 
 
 @pytest.mark.parametrize("content_type", CODECS)

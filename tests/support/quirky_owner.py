@@ -3,7 +3,8 @@
 Its runs name no subsystem (the gateway must fill `subsystem_id` in, GetRun too),
 and it answers per-run reads with its own errors: GetRunSteps `internal`,
 GetRunTimeline `failed_precondition`, GetRunLogs `not_found` (for a run it listed,
-so the gateway's cached owner is wrong). Served by uvicorn (HTTP/1.1) in its own
+so the gateway's cached owner is wrong); PauseRun never answers within a test's
+deadline (PAUSE_HANG_S). Served by uvicorn (HTTP/1.1) in its own
 process:
 
     python -m tests.support.quirky_owner --id quirky --port 9102 --seed 4 \
@@ -13,6 +14,7 @@ process:
 from __future__ import annotations
 
 import argparse
+import asyncio
 from datetime import datetime
 
 from connectrpc.code import Code
@@ -25,6 +27,7 @@ from flowwatch_gateway.gen.flowwatch.v1 import run_service_pb2 as runs_pb
 STEPS_ERROR = "step store for {run_id} is corrupt (quirky)"
 TIMELINE_ERROR = "timeline of {run_id} is still being compacted (quirky)"
 LOGS_ERROR = "logs of {run_id} were rotated away (quirky)"
+PAUSE_HANG_S = 30.0
 
 
 class QuirkyEngine(InMemoryEngine):
@@ -49,6 +52,12 @@ class QuirkyEngine(InMemoryEngine):
         self, request: runs_pb.GetRunLogsRequest, ctx: CallContext
     ) -> runs_pb.GetRunLogsResponse:
         raise ConnectError(Code.NOT_FOUND, LOGS_ERROR.format(run_id=request.run_id))
+
+    async def pause_run(
+        self, request: runs_pb.PauseRunRequest, ctx: CallContext
+    ) -> runs_pb.PauseRunResponse:
+        await asyncio.sleep(PAUSE_HANG_S)
+        return await super().pause_run(request, ctx)
 
 
 def quirky_engine(subsystem_id: str, seed: int, now: datetime) -> QuirkyEngine:

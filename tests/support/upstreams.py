@@ -45,8 +45,9 @@ def start_demo_server(
 ) -> tuple[Child, str]:
     """A demo FlowWatch subsystem under uvicorn; returns (process, endpoint URL).
 
-    With `print_header`, the server prints `HEADER <path> <value>` to its output (see
-    Child.logs) for every request carrying that header: what the gateway forwarded.
+    With `print_header` (one name, or several separated by commas), the server prints
+    `HEADER <path> <name> <value>` to its output (see Child.logs) for every such header
+    a request carries: what the gateway forwarded.
     """
     port = port or free_port()
     proc = Child(
@@ -205,15 +206,16 @@ def _serve_demo(args: argparse.Namespace) -> None:
     engine = InMemoryEngine.demo(args.id, seed=args.seed, now=datetime.fromisoformat(args.now))
     app = create_demo_app(engine)
     if args.print_header:
-        app = _printing_header(app, args.print_header.lower().encode())
+        app = _printing_headers(app, args.print_header.lower().encode().split(b","))
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
 
 
-def _printing_header(app: Any, name: bytes) -> Any:
+def _printing_headers(app: Any, names: list[bytes]) -> Any:
     async def printing(scope: Any, receive: Any, send: Any) -> None:
         for key, value in scope.get("headers", ()):
-            if key == name:
-                print(f"HEADER {scope['path']} {value.decode('latin-1')}", flush=True)
+            if key in names:
+                shown = f"{key.decode('latin-1')} {value.decode('latin-1')}"
+                print(f"HEADER {scope['path']} {shown}", flush=True)
         await app(scope, receive, send)
 
     return printing

@@ -42,3 +42,22 @@ async def test_an_allowed_endpoint_reaches_the_network() -> None:
         assert "tcp connect error" in failed.value.message
     finally:
         await transports.aclose()
+
+
+async def test_the_dial_address_is_the_checked_one() -> None:
+    checker = EndpointChecker(EndpointPolicy.for_listener("127.0.0.1", 8091))
+    assert await checker.dial_address("http://127.0.0.1:9000") == "127.0.0.1:9000"
+    assert await checker.dial_address("http://[::1]:9000/") == "[::1]:9000"
+    assert await checker.dial_address("http://127.0.0.2") == "127.0.0.2:80"
+    # A name is dialed at an address it resolved to, which the policy then checked.
+    assert await checker.dial_address("http://localhost:9000") in ("127.0.0.1:9000", "[::1]:9000")
+    assert await checker.dial_address("http://no-such-host.invalid:9000") is None
+
+
+async def test_a_refused_endpoint_has_no_dial_address() -> None:
+    policy = EndpointPolicy.for_listener("127.0.0.1", 8091, deny=parse_host_rules("127.0.0.77"))
+    checker = EndpointChecker(policy)
+    for endpoint in ("http://127.0.0.77:9000", "http://169.254.169.254", "http://127.0.0.1:8091"):
+        with pytest.raises(ConnectError) as refused:
+            await checker.dial_address(endpoint)
+        assert refused.value.code == Code.PERMISSION_DENIED

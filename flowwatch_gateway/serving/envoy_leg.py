@@ -1,0 +1,145 @@
+"""The passthrough's upstream leg through Envoy itself, when the app runs inside pyvoy.
+
+Measured on a routed GetRun (README, Performance): with pyqwest on this leg, its
+runtime threads and the cross-thread wake-ups cost more CPU per call than the
+gateway's own Python work. pyvoy can hand a request to the Envoy it runs in
+(`pyvoy.asgi.httpclient.HTTPTransport`), which sends it from its own workers over
+pooled connections. Subsystems register at run time, so the clusters are of Envoy's
+ORIGINAL_DST kind: each request names its destination in DESTINATION_HEADER. The
+gateway sets it to the address it has just resolved and checked against the endpoint
+policy, so the connection goes to exactly the address that was allowed (no window
+for DNS rebinding); the URL keeps the endpoint's own host name for `:authority`.
+
+pyvoy's client only lives as long as the request that uses it, so this leg carries
+the passthrough only; discovery, fan-out and streams keep the shared pyqwest
+transports. Plaintext endpoints only (https ones stay on pyqwest, which verifies
+their certificates). The server configures the clusters (`envoy_clusters`) and sets
+ENVOY_LEG_ENV in the app's environment; without it (uvicorn, tests in-process) the
+passthrough uses pyqwest as before.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pyqwest
+from connectrpc.code import Code
+from connectrpc.errors import ConnectError
+
+from flowwatch_gateway.errors import UpstreamUnreached
+from flowwatch_gateway.proxy.upstream import HttpMode, UpstreamClients, read_capped
+from flowwatch_gateway.registry.endpoints import EndpointChecker
+
+__all__ = ["ENVOY_LEG_ENV", "EnvoyLeg", "NeverSent", "envoy_clusters"]
+
+ENVOY_LEG_ENV = "FLOWWATCH_GATEWAY_ENVOY_LEG"
+DESTINATION_HEADER = "x-flowwatch-destination"
+CLUSTERS: dict[HttpMode, str] = {"h2c": "flowwatch_h2c", "http1": "flowwatch_http1"}
+CONNECT_TIMEOUT_S = 5.0  # as the pyqwest transports
+# Envoy's router adds this to every answer that came from upstream; its own local
+# replies (connect failures, overflow) do not carry it.
+_FROM_UPSTREAM = "x-envoy-upstream-service-time"
+# Envoy's router times each request by this header (its local reply: 504), which saves
+# an asyncio timer per call; the answer of a subsystem that timed out has the header above.
+_TIMEOUT_HEADER = "x-envoy-upstream-rq-timeout-ms"
+HTTP_GATEWAY_TIMEOUT = 504
+# Reset reasons of local replies for requests that never left Envoy.
+_NEVER_SENT = ("connection failure", "connection timeout", "overflow", "no healthy upstream")
+_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+
+
+class NeverSent(Exception):
+    """The request never reached the subsystem (no connection): sending it again is safe."""
+
+
+def envoy_clusters() -> list[dict[str, Any]]:
+    """The ORIGINAL_DST clusters, one per plaintext HTTP mode, for PyvoyServer(upstreams=)."""
+    protocols: dict[HttpMode, dict[str, Any]] = {
+        "h2c": {"http2_protocol_options": {}},
+        "http1": {"http_protocol_options": {}},
+    }
+    return [
+        {
+            "name": CLUSTERS[mode],
+            "type": "ORIGINAL_DST",
+            "lb_policy": "CLUSTER_PROVIDED",
+            "connect_timeout": f"{CONNECT_TIMEOUT_S:g}s",
+            "original_dst_lb_config": {
+                "use_http_header": True,
+                "http_header_name": DESTINATION_HEADER,
+            },
+            "typed_extension_protocol_options": {
+                _PROTOCOL_OPTIONS: {
+                    "@type": f"type.googleapis.com/{_PROTOCOL_OPTIONS}",
+                    "explicit_http_config": protocols[mode],
+                }
+            },
+        }
+        for mode in CLUSTERS
+    ]
+
+
+class EnvoyLeg:
+    """Sends one passthrough request to a subsystem through Envoy's ORIGINAL_DST clusters."""
+
+    def __init__(self, checker: EndpointChecker, *, timeout_s: float) -> None:
+        self._checker = checker
+        # Each call's deadline is its timeout header; the transport's is a backstop.
+        self._timeout_s = timeout_s + 1.0
+        self._transports: dict[HttpMode, pyqwest.Transport] = {}
+
+    @classmethod
+    def from_environment(cls, checker: EndpointChecker, *, timeout_s: float) -> EnvoyLeg | None:
+        """The leg when the server configured its clusters (see the module docstring)."""
+        if os.environ.get(ENVOY_LEG_ENV) != "1":
+            return None
+        return cls(checker, timeout_s=timeout_s)
+
+    def serves(self, clients: UpstreamClients) -> bool:
+        return clients.mode in CLUSTERS and clients.endpoint.lower().startswith("http://")
+
+    def _transport(self, mode: HttpMode) -> pyqwest.Transport:
+        transport = self._transports.get(mode)
+        if transport is None:
+            # Imported here: the module exists only inside pyvoy's Envoy process.
+            from pyvoy.asgi.httpclient import HTTPTransport
+
+            transport = self._transports[mode] = HTTPTransport(
+                CLUSTERS[mode], timeout=self._timeout_s
+            )
+        return transport
+
+    async def post(
+        self,
+        clients: UpstreamClients,
+        url: str,
+        headers: dict[str | pyqwest.HTTPHeaderName, str],
+        body: bytes,
+        timeout_ms: int,
+    ) -> tuple[int, str, bytes]:
+        """(status, content type, body) of the subsystem's answer within `timeout_ms`.
+
+        Raises NeverSent when no connection could be made, deadline_exceeded when
+        Envoy's per-request timer (set from `timeout_ms`) fires first, UpstreamUnreached
+        when the call was lost on the way (Envoy answered in the subsystem's place), and
+        unavailable (as UpstreamUnreached) when the policy refuses the endpoint.
+        """
+        try:
+            dial = await self._checker.dial_address(clients.endpoint)
+        except ConnectError as exc:
+            raise UpstreamUnreached(Code.UNAVAILABLE, exc.message) from None
+        if dial is None:
+            raise NeverSent  # does not resolve: the decoding path says so in its words
+        sent = {**headers, DESTINATION_HEADER: dial, _TIMEOUT_HEADER: str(timeout_ms)}
+        request = pyqwest.Request("POST", url, pyqwest.Headers(sent), body)
+        response = await self._transport(clients.mode).execute(request)
+        answer = await read_capped(response)
+        if response.headers.get(_FROM_UPSTREAM) is None:
+            text = answer.decode("utf-8", "replace")
+            if response.status == HTTP_GATEWAY_TIMEOUT:
+                raise ConnectError(Code.DEADLINE_EXCEEDED, "Request timed out")
+            if any(reason in text for reason in _NEVER_SENT):
+                raise NeverSent(text)
+            raise UpstreamUnreached(Code.UNAVAILABLE, f"could not reach the subsystem: {text}")
+        return response.status, response.headers.get("content-type") or "", answer
