@@ -226,12 +226,19 @@ class Children(ChildGroup):
         return child
 
     def start_subsystem(
-        self, subsystem_id: str, gateway_url: str, *, seed: int, port: int | None = None
+        self,
+        subsystem_id: str,
+        gateway_url: str,
+        *,
+        seed: int,
+        port: int | None = None,
+        endpoint: str | None = None,
     ) -> Served:
         """A demo subsystem under pyvoy (HTTP/1.1 + h2c), ready when its API answers.
 
         Registration with `gateway_url` is left to the caller to check: with no gateway
-        there, the subsystem keeps serving and retries in the background.
+        there, the subsystem keeps serving and retries in the background. `endpoint`
+        registers another address for the gateway to call (default: its own).
         """
         port = port or free_port()
         args = [
@@ -251,6 +258,7 @@ class Children(ChildGroup):
             "5m",
             "--max-backoff",
             "5m",
+            *(("--endpoint", endpoint) if endpoint else ()),
         ]
         child = self.start(Served(subsystem_id, "flowwatch_gateway.demo", args, port))
         child.wait_http_ok(f"{child.url}/healthz", STARTUP_TIMEOUT_SECONDS)

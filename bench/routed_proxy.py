@@ -1,16 +1,20 @@
 """Routed GetRun under outside load generators: direct, gateway (both paths), nginx.
 
-The numbers behind issue 12's table. One demo subsystem (`orders`, pyvoy, HTTP/1.1 +
-h2c) is called four ways with the same binary Connect request for one run, whose
-owner each gateway has already learned:
+The numbers behind issue 12's table. One subsystem is called four ways with the same
+binary Connect request for one run, whose owner each gateway has already learned:
 
   direct        the subsystem itself
   gateway       a pyvoy gateway with the passthrough (GATEWAY_PASSTHROUGH=true, default)
-  decoding      a second pyvoy gateway with --passthrough false (every call decoded),
-                in front of a second `orders` with the same data
+  decoding      a second pyvoy gateway with --passthrough false (every call decoded)
   nginx         nginx (if installed) proxying to the subsystem over HTTP/1.1 keep-alive;
                 HTTP/1.1 rows only (nginx's h2c listener stalled on these small POSTs at
                 one request in flight: seconds per request, not a proxy's cost)
+
+The subsystem (`--subsystem`): by default `fast_subsystem.mjs`, one Node thread in
+front of a demo subsystem that answers the repeated GetRun from memory, like the
+Node subsystem of issue 12's table (h2c and HTTP/1.1 on one port); `demo` calls
+the Python demo subsystem itself, which on 2 cores competes with the gateway for
+CPU (see README). Both gateways have `orders` registered at the same address.
 
 Load: h2load (Debian's nghttp2-client) over h2c and wrk (Debian's wrk) over
 HTTP/1.1, at 1 and 64 requests in flight, for a fixed time per cell; every cell of a
@@ -194,6 +198,28 @@ def _listening(port: int) -> bool:
 # --- the stack ------------------------------------------------------------------------------
 
 
+FAST_SUBSYSTEM = Path(__file__).with_name("fast_subsystem.mjs")
+
+
+@dataclass(frozen=True)
+class Subsystem:
+    """Where the routed calls end (h2c and HTTP/1.1 on one port)."""
+
+    url: str
+    port: int
+
+
+def start_fast_subsystem(group: _common.Children, demo_url: str) -> Subsystem | None:
+    """Node (fast_subsystem.mjs) in front of the demo, or None when node is not installed."""
+    node = shutil.which("node")
+    if node is None:
+        return None
+    port = free_port()
+    child = group.start(Child("fast subsystem", [node, str(FAST_SUBSYSTEM), str(port), demo_url]))
+    child.wait_for(lambda: _listening(port), 10, "listening")
+    return Subsystem(f"http://127.0.0.1:{port}", port)
+
+
 def start_gateway(group: _common.Children, *extra: str) -> _common.Served:
     port = free_port()
     args = ["serve", "--addr", f"127.0.0.1:{port}", "--server", "pyvoy", *extra]
@@ -311,6 +337,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=3, help="rounds of every cell (default 3)")
     parser.add_argument("--seconds", type=int, default=5, help="seconds per cell (default 5)")
     parser.add_argument("--quick", action="store_true", help="1 round of 1 s cells: a smoke check")
+    parser.add_argument(
+        "--subsystem",
+        choices=("node", "demo"),
+        default="node",
+        help="node: fast_subsystem.mjs in front of the demo (default; the demo when node "
+        "is missing); demo: the Python demo subsystem itself",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds, args.seconds = 1, 1
@@ -335,21 +368,31 @@ def benchmark(args: argparse.Namespace) -> int:
         workdir = Path(scratch)
         gateway = start_gateway(group)
         decoding = start_gateway(group, "--passthrough", "false")
-        orders = group.start_subsystem("orders", gateway.url, seed=1)
-        group.start_subsystem("orders", decoding.url, seed=1)
-        run_id = first_run_id(orders.url)
+        demo = group.start_subsystem("orders", "http://127.0.0.1:1", seed=1)
+        fast = start_fast_subsystem(group, demo.url) if args.subsystem == "node" else None
+        if fast is None:
+            if args.subsystem == "node":
+                print("# node not found: the demo subsystem is called directly instead")
+            subsystem = Subsystem(demo.url, int(demo.url.rsplit(":", 1)[1]))
+        else:
+            subsystem = fast
+        print(f"# subsystem: {'Node in front of the demo' if fast else 'the demo (Python)'}")
+        # Two registrars of the same data: each gateway learns `orders` at that endpoint.
+        for gateway_url in (gateway.url, decoding.url):
+            group.start_subsystem("orders", gateway_url, seed=1, endpoint=subsystem.url)
+        run_id = first_run_id(demo.url)
         body_bytes = run_service_pb2.GetRunRequest(run_id=run_id).SerializeToString()
         body = workdir / "getrun.bin"
         body.write_bytes(body_bytes)
         for url in (gateway.url, decoding.url):
             wait_routed(url, body_bytes, run_id)
-        nginx = start_nginx(group, int(orders.url.rsplit(":", 1)[1]), workdir)
+        nginx = start_nginx(group, subsystem.port, workdir)
         if nginx is None:
             print("# nginx not found: its rows are skipped (Debian: apt-get install nginx-light)")
         names = ["direct", "gateway", "decoding"]
         targets: dict[str, list[Target]] = {
             protocol: [
-                Target("direct", orders.url),
+                Target("direct", subsystem.url),
                 Target("gateway", gateway.url),
                 Target("decoding", decoding.url),
             ]
