@@ -69,10 +69,19 @@ def _made_once(connect: Connect) -> Connect:
 class UpstreamPool:
     """Owns every subsystem's clients and the background work that prepares them."""
 
-    def __init__(self, registry: Registry, *, timeout_s: float, connect: Connect) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        *,
+        timeout_s: float,
+        connect: Connect,
+        retry_s: tuple[float, float] = (DISCOVERY_FIRST_RETRY_S, DISCOVERY_MAX_RETRY_S),
+    ) -> None:
+        """`retry_s`: the first and the largest delay between discovery attempts."""
         self._registry = registry
         self._timeout_s = timeout_s
         self._connect = connect
+        self._first_retry_s, self._max_retry_s = retry_s
         self._clients: dict[str, UpstreamClients] = {}
         self._background: set[asyncio.Task[None]] = set()
         # Discovery retries waiting for their turn (see _prepare).
@@ -146,7 +155,7 @@ class UpstreamPool:
         self,
         instance: SubsystemInstance,
         clients: UpstreamClients,
-        delay: float = DISCOVERY_FIRST_RETRY_S,
+        delay: float | None = None,
         connect: Connect | None = None,
     ) -> None:
         """Settle the HTTP version, then discover what the registration left out.
@@ -154,11 +163,19 @@ class UpstreamPool:
         Both steps are retried with backoff for as long as this registration is
         current and the subsystem has not answered. Between attempts a subsystem
         costs one timer: no task waits, and the clients (the HTTP/1.1 fallback too)
-        are made once and reused by every attempt.
+        are made once and reused by every attempt. After the first attempt, while
+        nothing accepts TCP connections at the endpoint, an attempt is that check alone.
         """
         if not self._registry.is_current(instance.id, instance.epoch):
             return
+        first = delay is None
+        delay = self._first_retry_s if delay is None else delay
         connect = connect or _made_once(self._connect)
+        if not first and not await clients.listening():
+            # Still nothing listening (the first attempt said so in the log): a refused
+            # TCP connect costs far less than a refused HTTP probe, at every retry.
+            self._retry(instance, clients, delay, connect)
+            return
         negotiated, reachable = await negotiate(clients, connect)
         if self._closing.is_set():
             return
@@ -173,12 +190,17 @@ class UpstreamPool:
         if not reachable:
             # Said once per registration: a subsystem that never listens would otherwise
             # log a line at every retry, for as long as it stays registered.
-            (log.warning if delay == DISCOVERY_FIRST_RETRY_S else log.debug)(
+            (log.warning if first else log.debug)(
                 "subsystem %s at %s does not answer yet; trying again with backoff",
                 instance.id,
                 instance.endpoint,
             )
-        next_delay = min(delay * 2, DISCOVERY_MAX_RETRY_S)
+        self._retry(instance, clients, delay, connect)
+
+    def _retry(
+        self, instance: SubsystemInstance, clients: UpstreamClients, delay: float, connect: Connect
+    ) -> None:
+        next_delay = min(delay * 2, self._max_retry_s)
         # Jitter: subsystems that registered together do not all retry in the same second.
         wait = random.uniform(delay / 2, delay)
         self._later(wait, lambda: self._prepare(instance, clients, next_delay, connect))

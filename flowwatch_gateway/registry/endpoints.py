@@ -280,11 +280,13 @@ async def _checked(policy: EndpointPolicy, endpoint: str) -> tuple[str | None, s
     """(refusing rule or None, `address:port` to dial or None when it does not resolve)."""
     host, port = endpoint_host_port(endpoint)
     addresses = await resolve(host, port)
-    dial = None
-    if addresses:
-        first = addresses[0]
-        dial = f"[{first}]:{port}" if first.version == 6 else f"{first}:{port}"
+    dial = dial_text(addresses[0], port) if addresses else None
     return policy.check(host, addresses, port), dial
+
+
+def dial_text(address: IPAddress, port: int) -> str:
+    """`address:port`, an IPv6 address in brackets."""
+    return f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}"
 
 
 class EndpointChecker:

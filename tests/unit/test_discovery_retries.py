@@ -1,0 +1,79 @@
+"""Discovery retries of a subsystem that does not listen: a TCP check, not an HTTP probe.
+
+Real sockets on loopback: a port nobody listens on, then a listener that appears.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import pytest
+from connectrpc.interceptor import MetadataInterceptor
+from connectrpc.request import RequestContext
+
+from flowwatch_gateway.gen.flowwatch.v1 import gateway_service_pb2
+from flowwatch_gateway.processes import free_port
+from flowwatch_gateway.proxy.pool import UpstreamPool
+from flowwatch_gateway.proxy.upstream import SharedTransports, tcp_listening
+from flowwatch_gateway.registry.endpoints import EndpointChecker, EndpointPolicy
+from flowwatch_gateway.registry.memory import InMemoryRegistry
+
+pytestmark = pytest.mark.anyio
+
+
+class CountingProbes(MetadataInterceptor[None]):
+    """Counts the HTTP requests the gateway's clients start (probes, discovery)."""
+
+    def __init__(self) -> None:
+        self.started = 0
+
+    async def on_start(self, ctx: RequestContext[object, object]) -> None:
+        self.started += 1
+
+    async def on_end(
+        self, token: None, ctx: RequestContext[object, object], error: Exception | None
+    ) -> None:
+        return None
+
+
+async def test_tcp_listening_tells_a_listener_from_a_closed_port() -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        port = listener.getsockname()[1]
+        assert await tcp_listening(f"127.0.0.1:{port}")
+    assert not await tcp_listening(f"127.0.0.1:{free_port()}")
+    assert not await tcp_listening(f"[::1]:{free_port()}")
+
+
+async def test_a_subsystem_that_does_not_listen_is_probed_over_http_once() -> None:
+    probes = CountingProbes()
+    transports = SharedTransports(
+        EndpointChecker(EndpointPolicy.for_listener("127.0.0.1", 1)),
+        interceptors=lambda subsystem_id: [probes],
+    )
+    registry = InMemoryRegistry()
+    pool = UpstreamPool(registry, timeout_s=1.0, connect=transports.connect, retry_s=(0.02, 0.05))
+    port = free_port()
+    request = gateway_service_pb2.RegisterRequest(
+        subsystem_id="late", flowwatch_endpoint=f"http://127.0.0.1:{port}"
+    )
+    try:
+        registry.register(request)
+        await asyncio.sleep(1.0)  # the first probe and about twenty retries
+        # One HTTP probe (h2c; a refused connect is not tried again over HTTP/1.1);
+        # every retry after it found nothing listening with a TCP connect alone.
+        assert probes.started == 1
+        with socket.socket() as listener:
+            listener.bind(("127.0.0.1", port))
+            listener.listen(8)
+            for _ in range(100):
+                if probes.started > 1:
+                    break
+                await asyncio.sleep(0.02)
+            # Something listens now: the next retry probes over HTTP again.
+            assert probes.started > 1
+    finally:
+        await pool.aclose()
+        await transports.aclose()
