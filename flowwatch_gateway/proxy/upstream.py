@@ -15,6 +15,7 @@ to HTTP/1.1 when the subsystem does not speak it; https endpoints negotiate via 
 from __future__ import annotations
 
 import asyncio
+import errno
 import functools
 import logging
 import socket
@@ -159,22 +160,38 @@ async def _yes() -> bool:
 async def tcp_listening(dial: str, timeout_s: float = LISTEN_CHECK_TIMEOUT_S) -> bool:
     """Whether `dial` (`address:port`, IPv6 in brackets) accepts a TCP connection now.
 
-    A socket and a non-blocking connect on the event loop: tens of microseconds where
-    a refused HTTP probe through the Connect client and pyqwest cost about 2 ms.
+    A socket, a non-blocking connect and a wait for it to be writable, on the event
+    loop: a fraction of a refused HTTP probe through the Connect client and pyqwest
+    (~2 ms). Not `loop.sock_connect`: under pyvoy's loop that resolved the address
+    again in a worker thread, which cost more than the connect.
     """
     host, _, port = dial.rpartition(":")
     host = host.strip("[]")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setblocking(False)
-    try:
-        async with asyncio.timeout(timeout_s):
-            await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
-    except (OSError, TimeoutError, ValueError):
-        return False
-    finally:
-        sock.close()
-    return True
+    loop = asyncio.get_running_loop()
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setblocking(False)
+        try:
+            started = sock.connect_ex((host, int(port)))
+        except (OSError, ValueError):
+            return False
+        if started in (errno.EINPROGRESS, errno.EWOULDBLOCK):
+            writable: asyncio.Future[None] = loop.create_future()
+            loop.add_writer(sock.fileno(), _wake_once, writable)
+            try:
+                async with asyncio.timeout(timeout_s):
+                    await writable
+            except TimeoutError:
+                return False
+            finally:
+                loop.remove_writer(sock.fileno())
+            started = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        return started == 0
+
+
+def _wake_once(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 def initial_mode(endpoint: str) -> HttpMode:
