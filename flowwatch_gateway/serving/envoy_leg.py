@@ -47,6 +47,8 @@ HTTP_GATEWAY_TIMEOUT = 504
 # Reset reasons of local replies for requests that never left Envoy.
 _NEVER_SENT = ("connection failure", "connection timeout", "overflow", "no healthy upstream")
 _PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+_BREAKERS = ("max_connections", "max_pending_requests", "max_requests")
+CLUSTER_LIMIT = 1_000_000
 
 
 class NeverSent(Exception):
@@ -69,6 +71,10 @@ def envoy_clusters() -> list[dict[str, Any]]:
                 "use_http_header": True,
                 "http_header_name": DESTINATION_HEADER,
             },
+            # Envoy's defaults (1,024 connections, requests and pending requests per
+            # cluster) would cap the calls to all subsystems together; the gateway's
+            # own limits bound them instead. An overflow would fall back, not fail.
+            "circuit_breakers": {"thresholds": [dict.fromkeys(_BREAKERS, CLUSTER_LIMIT)]},
             "typed_extension_protocol_options": {
                 _PROTOCOL_OPTIONS: {
                     "@type": f"type.googleapis.com/{_PROTOCOL_OPTIONS}",

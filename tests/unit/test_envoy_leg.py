@@ -37,6 +37,10 @@ def test_one_original_destination_cluster_per_plaintext_mode() -> None:
             "use_http_header": True,
             "http_header_name": DESTINATION_HEADER,
         }
+        # Not Envoy's default of 1,024 calls at once for all subsystems together.
+        (limits,) = cluster["circuit_breakers"]["thresholds"]
+        assert set(limits) == {"max_connections", "max_pending_requests", "max_requests"}
+        assert min(limits.values()) >= 100_000
         options = next(iter(cluster["typed_extension_protocol_options"].values()))
         expected = "http2_protocol_options" if mode == "h2c" else "http_protocol_options"
         assert list(options["explicit_http_config"]) == [expected]
