@@ -96,6 +96,10 @@ def _transport(mode: HttpMode) -> pyqwest.HTTPTransport:
     )
 
 
+async def _yes() -> bool:
+    return True
+
+
 @dataclass
 class UpstreamClients:
     """Connect clients for one registered subsystem (cheap: the transport is shared).
@@ -113,7 +117,7 @@ class UpstreamClients:
     interceptors: Sequence[Interceptor] = ()
     # Whether something accepts TCP connections at the endpoint now (a cheap check
     # before a probe); in-process transports have no sockets and always say yes.
-    listening: Callable[[], Awaitable[bool]] = field(default=lambda: _yes())
+    listening: Callable[[], Awaitable[bool]] = field(default=_yes)
 
     def _options(self) -> dict[str, Any]:
         return {
@@ -151,10 +155,6 @@ class UpstreamClients:
     @cached_property
     def search(self) -> search_service_connect.SearchServiceClient:
         return search_service_connect.SearchServiceClient(self._address, **self._options())
-
-
-async def _yes() -> bool:
-    return True
 
 
 async def tcp_listening(dial: str, timeout_s: float = LISTEN_CHECK_TIMEOUT_S) -> bool:
