@@ -16,7 +16,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Coroutine, Iterable
+from typing import Any
 
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
@@ -50,6 +51,11 @@ async def fetch_all_workflows(
         if not definition.subsystem_id:
             definition.subsystem_id = clients.instance_id
     return found
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("background gateway task failed", exc_info=exc)
 
 
 def _made_once(connect: Connect) -> Connect:
@@ -142,14 +148,12 @@ class UpstreamPool:
         self._clients = {}
 
     # --- internals -------------------------------------------------------------------
-    def _spawn(self, work: Awaitable[None]) -> None:
-        async def run() -> None:
-            try:
-                await work
-            except Exception:
-                log.exception("background gateway task failed")
-
-        self.track(asyncio.ensure_future(run()))
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        # The task owns the coroutine from here, so aclose() may cancel it even before
+        # it first runs.
+        task = asyncio.ensure_future(work)
+        task.add_done_callback(_log_failure)
+        self.track(task)
 
     async def _prepare(
         self,
@@ -164,7 +168,8 @@ class UpstreamPool:
         current and the subsystem has not answered. Between attempts a subsystem
         costs one timer: no task waits, and the clients (the HTTP/1.1 fallback too)
         are made once and reused by every attempt. After the first attempt, while
-        nothing accepts TCP connections at the endpoint, an attempt is that check alone.
+        nothing accepts TCP connections at the endpoint, an attempt is that check alone
+        (see _retry).
         """
         if not self._registry.is_current(instance.id, instance.epoch):
             return
@@ -200,19 +205,22 @@ class UpstreamPool:
     def _retry(
         self, instance: SubsystemInstance, clients: UpstreamClients, delay: float, connect: Connect
     ) -> None:
+        """Try again after a jittered `delay`; while the endpoint refuses connections at
+        once, a retry is a timer and a refused connect, without a task."""
         next_delay = min(delay * 2, self._max_retry_s)
-        # Jitter: subsystems that registered together do not all retry in the same second.
-        wait = random.uniform(delay / 2, delay)
-        self._later(wait, lambda: self._prepare(instance, clients, next_delay, connect))
-
-    def _later(self, delay: float, work: Callable[[], Awaitable[None]]) -> None:
-        """Run `work()` as a background task after `delay` seconds (aclose() cancels it)."""
 
         def fire() -> None:
             self._timers.discard(handle)
-            self._spawn(work())
+            if self._closing.is_set() or not self._registry.is_current(instance.id, instance.epoch):
+                return
+            if clients.refused_now():
+                self._retry(instance, clients, next_delay, connect)
+            else:
+                self._spawn(self._prepare(instance, clients, next_delay, connect))
 
-        handle = asyncio.get_running_loop().call_later(delay, fire)
+        # Jitter: subsystems that registered together do not all retry in the same second.
+        wait = random.uniform(delay / 2, delay)
+        handle = asyncio.get_running_loop().call_later(wait, fire)
         self._timers.add(handle)
 
     async def _discover(self, instance: SubsystemInstance, clients: UpstreamClients) -> bool:

@@ -100,6 +100,10 @@ async def _yes() -> bool:
     return True
 
 
+def _no() -> bool:
+    return False
+
+
 @dataclass
 class UpstreamClients:
     """Connect clients for one registered subsystem (cheap: the transport is shared).
@@ -116,8 +120,10 @@ class UpstreamClients:
     # Observers of every call (metrics, trace headers); see serving/observe.py.
     interceptors: Sequence[Interceptor] = ()
     # Whether something accepts TCP connections at the endpoint now (a cheap check
-    # before a probe); in-process transports have no sockets and always say yes.
+    # before a probe), and whether a connect is refused at once (cheaper still: no
+    # wait); in-process transports have no sockets and always say yes and no.
     listening: Callable[[], Awaitable[bool]] = field(default=_yes)
+    refused_now: Callable[[], bool] = field(default=_no)
 
     def _options(self) -> dict[str, Any]:
         return {
@@ -165,17 +171,13 @@ async def tcp_listening(dial: str, timeout_s: float = LISTEN_CHECK_TIMEOUT_S) ->
     (~2 ms). Not `loop.sock_connect`: under pyvoy's loop that resolved the address
     again in a worker thread, which cost more than the connect.
     """
-    host, _, port = dial.rpartition(":")
-    host = host.strip("[]")
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    loop = asyncio.get_running_loop()
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.setblocking(False)
-        try:
-            started = sock.connect_ex((host, int(port)))
-        except (OSError, ValueError):
-            return False
-        if started in (errno.EINPROGRESS, errno.EWOULDBLOCK):
+    started = _start_connect(dial)
+    if started is None:
+        return False
+    sock, status = started
+    with sock:
+        if status == errno.EINPROGRESS:
+            loop = asyncio.get_running_loop()
             writable: asyncio.Future[None] = loop.create_future()
             loop.add_writer(sock.fileno(), _wake_once, writable)
             try:
@@ -185,8 +187,43 @@ async def tcp_listening(dial: str, timeout_s: float = LISTEN_CHECK_TIMEOUT_S) ->
                 return False
             finally:
                 loop.remove_writer(sock.fileno())
-            started = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        return started == 0
+            status = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        return status == 0
+
+
+def tcp_refused_now(dial: str) -> bool:
+    """Whether a TCP connect to `dial` fails at once, known without waiting.
+
+    Nothing listening on a loopback or local port is refused within the connect call
+    itself; a remote or listening address reports "still connecting" (False: ask
+    `tcp_listening`).
+    """
+    started = _start_connect(dial)
+    if started is None:
+        return True
+    sock, status = started
+    sock.close()
+    return status not in (0, errno.EINPROGRESS)
+
+
+def _start_connect(dial: str) -> tuple[socket.socket, int] | None:
+    """A non-blocking socket connecting to `dial`, and where it stands: 0 (connected),
+    EINPROGRESS, or the error already known. None when `dial` is not an address."""
+    host, _, port = dial.rpartition(":")
+    host = host.strip("[]")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    try:
+        status = sock.connect_ex((host, int(port)))
+    except (OSError, ValueError):
+        sock.close()
+        return None
+    if status in (errno.EINPROGRESS, errno.EWOULDBLOCK):
+        # The kernel may have its answer already: a refusal on loopback arrives
+        # within the connect call. Reading SO_ERROR clears it, hence the mapping.
+        status = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) or errno.EINPROGRESS
+    return sock, status
 
 
 def _wake_once(waiter: asyncio.Future[None]) -> None:
@@ -268,6 +305,7 @@ class SharedTransports:
             transport,
             interceptors,
             listening=functools.partial(self._listening, endpoint),
+            refused_now=functools.partial(self._refused_now, endpoint),
         )
 
     async def _listening(self, endpoint: str) -> bool:
@@ -281,6 +319,10 @@ class SharedTransports:
             addresses = await resolve(host, port)
             dial = dial_text(addresses[0], port) if addresses else None
         return dial is not None and await tcp_listening(dial)
+
+    def _refused_now(self, endpoint: str) -> bool:
+        dial = None if self._checker is None else self._checker.dial_address_now(endpoint)
+        return dial is not None and tcp_refused_now(dial)
 
     async def aclose(self) -> None:
         transports, self._by_mode, self._guarded = list(self._by_mode.values()), {}, {}

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import ipaddress
+import math
 import socket
 import time
 from collections.abc import Iterable, Sequence
@@ -279,7 +280,12 @@ async def endpoint_refusal(policy: EndpointPolicy, endpoint: str) -> str | None:
 async def _checked(policy: EndpointPolicy, endpoint: str) -> tuple[str | None, str | None]:
     """(refusing rule or None, `address:port` to dial or None when it does not resolve)."""
     host, port = endpoint_host_port(endpoint)
-    addresses = await resolve(host, port)
+    return _verdict(policy, host, port, await resolve(host, port))
+
+
+def _verdict(
+    policy: EndpointPolicy, host: str, port: int, addresses: list[IPAddress]
+) -> tuple[str | None, str | None]:
     dial = dial_text(addresses[0], port) if addresses else None
     return policy.check(host, addresses, port), dial
 
@@ -300,6 +306,8 @@ class EndpointChecker:
     def __init__(self, policy: EndpointPolicy, *, cache_ttl: float = CHECK_CACHE_TTL_S) -> None:
         self.policy = policy
         self._ttl = cache_ttl
+        # endpoint -> (expires at, refusal, dial): an IP host's verdict never expires,
+        # since the policy is fixed and no DNS answer can change it.
         self._verdicts: dict[str, tuple[float, str | None, str | None]] = {}
 
     async def ensure_allowed(self, endpoint: str) -> None:
@@ -311,15 +319,42 @@ class EndpointChecker:
         Raises permission_denied when a rule refuses it. Every resolved address was
         checked, so connecting to the one returned leaves no window for DNS rebinding.
         """
-        now = time.monotonic()
-        cached = self._verdicts.get(endpoint)
-        if cached is not None and now - cached[0] < self._ttl:
-            refusal, dial = cached[1], cached[2]
-        else:
-            refusal, dial = await _checked(self.policy, endpoint)
-            if len(self._verdicts) > 10_000:
-                self._verdicts.clear()  # bounded; entries are cheap to recompute
-            self._verdicts[endpoint] = (now, refusal, dial)
+        known = self._fresh(endpoint) or self._literal_verdict(endpoint)
+        refusal, dial = known or self._remember(endpoint, await _checked(self.policy, endpoint))
         if refusal is not None:
             raise ConnectError(Code.PERMISSION_DENIED, f"endpoint {endpoint} is refused: {refusal}")
         return dial
+
+    def dial_address_now(self, endpoint: str) -> str | None:
+        """`dial_address` when it needs no DNS lookup: a fresh verdict, or an IP host.
+
+        None when the answer would need a lookup, or the endpoint is refused or has no
+        address; the caller then asks `dial_address`.
+        """
+        known = self._fresh(endpoint) or self._literal_verdict(endpoint)
+        if known is None or known[0] is not None:
+            return None
+        return known[1]
+
+    def _literal_verdict(self, endpoint: str) -> tuple[str | None, str | None] | None:
+        host, port = endpoint_host_port(endpoint)
+        literal = _parse_address(host.strip("[]"))
+        if literal is None:
+            return None
+        verdict = _verdict(self.policy, host, port, [literal])
+        return self._remember(endpoint, verdict, lasting=True)
+
+    def _fresh(self, endpoint: str) -> tuple[str | None, str | None] | None:
+        cached = self._verdicts.get(endpoint)
+        if cached is None or time.monotonic() >= cached[0]:
+            return None
+        return cached[1], cached[2]
+
+    def _remember(
+        self, endpoint: str, verdict: tuple[str | None, str | None], *, lasting: bool = False
+    ) -> tuple[str | None, str | None]:
+        if len(self._verdicts) > 10_000:
+            self._verdicts.clear()  # bounded; entries are cheap to recompute
+        expires = math.inf if lasting else time.monotonic() + self._ttl
+        self._verdicts[endpoint] = (expires, *verdict)
+        return verdict

@@ -6,6 +6,7 @@ Real sockets on loopback: a port nobody listens on, then a listener that appears
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import socket
 
 import pytest
@@ -15,7 +16,13 @@ from connectrpc.request import RequestContext
 from flowwatch_gateway.gen.flowwatch.v1 import gateway_service_pb2
 from flowwatch_gateway.processes import free_port
 from flowwatch_gateway.proxy.pool import UpstreamPool
-from flowwatch_gateway.proxy.upstream import SharedTransports, tcp_listening
+from flowwatch_gateway.proxy.upstream import (
+    HttpMode,
+    SharedTransports,
+    UpstreamClients,
+    tcp_listening,
+    tcp_refused_now,
+)
 from flowwatch_gateway.registry.endpoints import EndpointChecker, EndpointPolicy
 from flowwatch_gateway.registry.memory import InMemoryRegistry
 
@@ -45,6 +52,50 @@ async def test_tcp_listening_tells_a_listener_from_a_closed_port() -> None:
         assert await tcp_listening(f"127.0.0.1:{port}")
     assert not await tcp_listening(f"127.0.0.1:{free_port()}")
     assert not await tcp_listening(f"[::1]:{free_port()}")
+
+
+def test_a_refusal_on_loopback_is_known_at_once() -> None:
+    assert tcp_refused_now(f"127.0.0.1:{free_port()}")
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        # Accepted (or still connecting): not a refusal.
+        assert not tcp_refused_now(f"127.0.0.1:{listener.getsockname()[1]}")
+    assert tcp_refused_now("not an address:80")
+
+
+async def test_retries_while_refused_wait_for_nothing() -> None:
+    """Each retry after the first probe is a refused connect from the timer itself:
+    the awaited TCP check (and a task to await it in) is never needed."""
+    counts = {"refused_now": 0, "listening": 0}
+    transports = SharedTransports(EndpointChecker(EndpointPolicy.for_listener("127.0.0.1", 1)))
+
+    def counted(instance_id: str, endpoint: str, mode: HttpMode | None) -> UpstreamClients:
+        clients = transports.connect(instance_id, endpoint, mode)
+
+        def refused_now() -> bool:
+            counts["refused_now"] += 1
+            return clients.refused_now()
+
+        async def listening() -> bool:
+            counts["listening"] += 1
+            return await clients.listening()
+
+        return dataclasses.replace(clients, refused_now=refused_now, listening=listening)
+
+    registry = InMemoryRegistry()
+    pool = UpstreamPool(registry, timeout_s=1.0, connect=counted, retry_s=(0.02, 0.05))
+    request = gateway_service_pb2.RegisterRequest(
+        subsystem_id="late", flowwatch_endpoint=f"http://127.0.0.1:{free_port()}"
+    )
+    try:
+        registry.register(request)
+        await asyncio.sleep(0.6)
+        assert counts["refused_now"] >= 5
+        assert counts["listening"] == 0
+    finally:
+        await pool.aclose()
+        await transports.aclose()
 
 
 async def test_a_subsystem_that_does_not_listen_is_probed_over_http_once() -> None:

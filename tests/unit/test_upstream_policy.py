@@ -61,3 +61,21 @@ async def test_a_refused_endpoint_has_no_dial_address() -> None:
         with pytest.raises(ConnectError) as refused:
             await checker.dial_address(endpoint)
         assert refused.value.code == Code.PERMISSION_DENIED
+
+
+async def test_the_dial_address_is_known_at_once_only_without_a_lookup() -> None:
+    policy = EndpointPolicy.for_listener("127.0.0.1", 8091, deny=parse_host_rules("127.0.0.77"))
+    checker = EndpointChecker(policy, cache_ttl=0.0)  # nothing stays fresh
+    # An IP host needs no lookup: its verdict is worked out (and kept) on the spot.
+    assert checker.dial_address_now("http://127.0.0.1:9000") == "127.0.0.1:9000"
+    assert checker.dial_address_now("http://[::1]:9000") == "[::1]:9000"
+    # Refused: no address, now or later.
+    assert checker.dial_address_now("http://127.0.0.77:9000") is None
+    with pytest.raises(ConnectError):
+        await checker.dial_address("http://127.0.0.77:9000")
+    # A name needs a lookup unless a fresh verdict is at hand.
+    assert checker.dial_address_now("http://localhost:9000") is None
+    cached = EndpointChecker(policy)
+    resolved = await cached.dial_address("http://localhost:9000")
+    assert resolved is not None
+    assert cached.dial_address_now("http://localhost:9000") == resolved
