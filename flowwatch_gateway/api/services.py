@@ -23,6 +23,7 @@ from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from google.protobuf.message import Message
 
 from flowwatch_gateway.api.adapter import EngineAdapter
+from flowwatch_gateway.api.compression import FastGzip
 from flowwatch_gateway.api.context import CallContext
 from flowwatch_gateway.api.limits import MAX_BULK_RUN_IDS, MAX_PAGE_SIZE
 from flowwatch_gateway.api.ordering import ORDER_FIELDS
@@ -71,7 +72,7 @@ ORDER_BY_VALUES = ("", *ORDER_FIELDS)
 GRANULARITIES = ("", "1m", "5m", "15m", "1h", "1d")
 
 # (generated ASGI application class, service descriptor) for each UI-facing service.
-_SERVICES: tuple[tuple[Callable[[Any], ConnectASGIApplication[Any]], ServiceDescriptor], ...] = (
+_SERVICES: tuple[tuple[Callable[..., ConnectASGIApplication[Any]], ServiceDescriptor], ...] = (
     (
         workflow_service_connect.WorkflowServiceASGIApplication,
         workflow_service_pb2.DESCRIPTOR.services_by_name["WorkflowService"],
@@ -223,7 +224,10 @@ def flowwatch_asgi_apps(adapter: EngineAdapter | Backends) -> list[ConnectASGIAp
     (the gateway composes its API from a module per service).
     """
     return [
-        app_cls(_bind(_implementation(adapter, descriptor.name), descriptor))
+        app_cls(
+            _bind(_implementation(adapter, descriptor.name), descriptor),
+            compressions=[FastGzip()],
+        )
         for app_cls, descriptor in _SERVICES
     ]
 

@@ -13,20 +13,18 @@ import asyncio
 import contextlib
 import logging
 import math
-import struct
 import time
-import zlib
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import Protocol
 
 from connectrpc.code import Code
-from connectrpc.compression.gzip import GzipCompression
 from connectrpc.errors import ConnectError
 from connectrpc.request import RequestContext
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from flowwatch_gateway.api.compression import FastGzip
 from flowwatch_gateway.gen.flowwatch.v1 import gateway_service_connect
 from flowwatch_gateway.gen.flowwatch.v1.gateway_service_pb2 import (
     DisconnectCommand,
@@ -512,40 +510,10 @@ def _now() -> Timestamp:
     return Timestamp(seconds=nanos // 1_000_000_000, nanos=nanos % 1_000_000_000)
 
 
-# The gzip header of a member with no name, time or flags (RFC 1952), "unknown" OS.
-_GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
-# Below this a message is sent as one stored (uncompressed) deflate block.
-STORED_GZIP_MAX_BYTES = 512
-
-
-class _SmallMessageGzip(GzipCompression):
-    """gzip whose tiny messages (pings, responses) skip the deflate setup.
-
-    A client that accepts gzip gets every Register message gzip-framed; deflating a
-    20-byte ping cost more than everything else the gateway did for it (a tenth of
-    its CPU with 1,000 streams) and made it no smaller. A stored block is valid
-    gzip that every decoder reads; requests are decompressed as before.
-    """
-
-    def compress(self, data: bytes | bytearray | memoryview) -> bytes:
-        size = len(data)
-        if size >= STORED_GZIP_MAX_BYTES:
-            return super().compress(data)
-        # Final stored block: BFINAL=1/BTYPE=00, LEN, NLEN; then CRC-32 and ISIZE.
-        return b"".join(
-            (
-                _GZIP_HEADER,
-                struct.pack("<BHH", 1, size, size ^ 0xFFFF),
-                data,
-                struct.pack("<II", zlib.crc32(data), size),
-            )
-        )
-
-
 def gateway_asgi_app(
     service: RegisterService,
 ) -> gateway_service_connect.GatewayServiceASGIApplication:
     """The Connect ASGI app for GatewayService, to be mounted at its `.path`."""
     return gateway_service_connect.GatewayServiceASGIApplication(
-        service, read_max_bytes=REGISTER_READ_MAX_BYTES, compressions=[_SmallMessageGzip()]
+        service, read_max_bytes=REGISTER_READ_MAX_BYTES, compressions=[FastGzip()]
     )
