@@ -233,12 +233,14 @@ class Children(ChildGroup):
         seed: int,
         port: int | None = None,
         endpoint: str | None = None,
+        wait: bool = True,
     ) -> Served:
         """A demo subsystem under pyvoy (HTTP/1.1 + h2c), ready when its API answers.
 
         Registration with `gateway_url` is left to the caller to check: with no gateway
         there, the subsystem keeps serving and retries in the background. `endpoint`
-        registers another address for the gateway to call (default: its own).
+        registers another address for the gateway to call (default: its own). With
+        `wait=False` the caller waits (`wait_ready`), so many can start at once.
         """
         port = port or free_port()
         args = [
@@ -261,8 +263,13 @@ class Children(ChildGroup):
             *(("--endpoint", endpoint) if endpoint else ()),
         ]
         child = self.start(Served(subsystem_id, "flowwatch_gateway.demo", args, port))
-        child.wait_http_ok(f"{child.url}/healthz", STARTUP_TIMEOUT_SECONDS)
+        if wait:
+            wait_ready(child)
         return child
+
+
+def wait_ready(subsystem: Served) -> None:
+    subsystem.wait_http_ok(f"{subsystem.url}/healthz", STARTUP_TIMEOUT_SECONDS)
 
 
 @contextlib.contextmanager

@@ -117,6 +117,16 @@ def test_gateway_overhead_runs_and_prints_every_row() -> None:
     assert processes_with_marker(marker) == []
 
 
+def test_fanout_quick_runs_and_prints_a_row_per_stage() -> None:
+    marker = uuid.uuid4().hex
+    result = run_script("fanout.py", "--quick", marker=marker)
+    assert result.returncode == 0, result.stderr
+    rows = table_rows(result.stdout, "K")
+    assert [row.split()[0] for row in rows] == ["1", "2"], result.stdout
+    assert "warning:" not in result.stderr, "a child did not exit 0"
+    assert processes_with_marker(marker) == []
+
+
 def test_routed_proxy_runs_and_prints_a_row_per_tool_and_path() -> None:
     """Rows for each installed load generator; a missing one (or nginx) is said, not fatal."""
     marker = uuid.uuid4().hex
