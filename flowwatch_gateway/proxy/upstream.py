@@ -22,9 +22,10 @@ import functools
 import logging
 import socket
 from collections.abc import Awaitable, Callable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 from urllib.parse import urlsplit
 
 import pyqwest
@@ -246,6 +247,27 @@ The one seam between the proxy and the network: production connects through
 """
 
 
+class RequestLeg(Protocol):
+    """A way out for the upstream calls made while a request is being served.
+
+    The server sets one in REQUEST_LEG for the duration of each API request (under
+    pyvoy: the Envoy the app runs in, serving/envoy_leg.py); background work
+    (discovery, streams) never sees one and stays on the shared transports.
+    """
+
+    async def execute(
+        self, request: pyqwest.Request, mode: HttpMode, dial: str
+    ) -> pyqwest.Response | None:
+        """The answer to `request` sent to `dial`; None when it could not be sent (no
+        connection), so the caller may send it another way."""
+        ...
+
+
+REQUEST_LEG: ContextVar[RequestLeg | None] = ContextVar("flowwatch_request_leg", default=None)
+# Unary Connect calls only: a stream may outlive what the leg allows for one call.
+_UNARY_CONTENT_TYPES = ("application/proto", "application/json")
+
+
 class GuardedTransport:
     """The gateway's upstream transport: policy-checked, and clear about what never arrived.
 
@@ -255,19 +277,35 @@ class GuardedTransport:
     not be made, is `UpstreamUnreached` (unavailable): this subsystem cannot be asked,
     a broadcast goes on with the others, and the caller is told so in the gateway's
     words. Every other error is the subsystem's own answer.
+
+    A unary call made while a request is served goes out through that request's
+    REQUEST_LEG when there is one, to the address just checked.
     """
 
-    def __init__(self, inner: pyqwest.Transport, checker: EndpointChecker | None) -> None:
+    def __init__(
+        self, inner: pyqwest.Transport, checker: EndpointChecker | None, mode: HttpMode = "h2c"
+    ) -> None:
         self._inner = inner
         self._checker = checker
+        self._mode = mode
 
     async def execute(self, request: pyqwest.Request) -> pyqwest.Response:
+        dial = None
         if self._checker is not None:
             parts = urlsplit(request.url)
             try:
-                await self._checker.ensure_allowed(f"{parts.scheme}://{parts.netloc}")
+                dial = await self._checker.dial_address(f"{parts.scheme}://{parts.netloc}")
             except ConnectError as exc:
                 raise UpstreamUnreached(Code.UNAVAILABLE, exc.message) from None
+        leg = REQUEST_LEG.get()
+        if (
+            leg is not None
+            and dial is not None
+            and request.headers.get("content-type") in _UNARY_CONTENT_TYPES
+        ):
+            answer = await leg.execute(request, self._mode, dial)
+            if answer is not None:
+                return answer
         try:
             return await self._inner.execute(request)
         except ConnectError:
@@ -299,7 +337,7 @@ class SharedTransports:
         transport = self._guarded.get(mode)
         if transport is None:
             plain = self._by_mode[mode] = _transport(mode)
-            transport = self._guarded[mode] = GuardedTransport(plain, self._checker)
+            transport = self._guarded[mode] = GuardedTransport(plain, self._checker, mode)
         interceptors = () if self._interceptors is None else self._interceptors(instance_id)
         return UpstreamClients(
             instance_id,

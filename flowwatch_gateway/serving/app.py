@@ -27,6 +27,7 @@ from flowwatch_gateway.api.context import (
 from flowwatch_gateway.api.services import flowwatch_routes
 from flowwatch_gateway.config import GatewayConfig
 from flowwatch_gateway.proxy.gateway import Gateway
+from flowwatch_gateway.proxy.upstream import REQUEST_LEG, RequestLeg
 from flowwatch_gateway.registry.base import Clock, Registry, SystemClock
 from flowwatch_gateway.registry.endpoints import EndpointPolicy, parse_host_rules
 from flowwatch_gateway.registry.health import HealthMonitor, SelfPreservation
@@ -88,12 +89,16 @@ class _GatewayApp(Starlette):
     It answers per-run calls itself, with what the stack would add, and hands every
     other request to the stack (`stack`).
 
+    Every other request runs with `request_leg` (when set) as its REQUEST_LEG: the
+    unary calls it makes to subsystems leave through the Envoy the app runs in.
+
     `scope["app"]` is still this app, so `request.app.state` keeps working.
     """
 
     register_prefix = ""
     register_app: ASGIApp | None = None
     front: ASGIApp | None = None
+    request_leg: RequestLeg | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         direct = self.register_app
@@ -105,11 +110,16 @@ class _GatewayApp(Starlette):
             scope["app"] = self
             await direct(scope, receive, send)
             return
-        if self.front is not None:
-            scope["app"] = self
-            await self.front(scope, receive, send)
-            return
-        await super().__call__(scope, receive, send)
+        leg = REQUEST_LEG.set(self.request_leg) if self.request_leg is not None else None
+        try:
+            if self.front is not None:
+                scope["app"] = self
+                await self.front(scope, receive, send)
+                return
+            await super().__call__(scope, receive, send)
+        finally:
+            if leg is not None:
+                REQUEST_LEG.reset(leg)
 
     async def stack(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The Starlette app with all its middleware."""
@@ -219,20 +229,22 @@ def create_app(
         ],
         lifespan=lifespan,
     )
+    checker = gateway.endpoint_checker
+    envoy = (
+        EnvoyLeg.from_environment(checker, timeout_s=config.upstream_timeout)
+        if checker is not None
+        else None
+    )
+    app.request_leg = envoy
     if config.passthrough:
         # Per-run calls to a known owner as bytes; everything else takes the stack.
-        checker = gateway.endpoint_checker
         app.front = Passthrough(
             app.stack,
             owners=gateway.router.owners,
             pool=gateway.pool,
             upstream_timeout_s=config.upstream_timeout,
             sink=observability.metrics,
-            envoy=(
-                EnvoyLeg.from_environment(checker, timeout_s=config.upstream_timeout)
-                if checker is not None
-                else None
-            ),
+            envoy=envoy,
             cors=cors_middleware(app.stack, config=config),
             propagate_trace=config.trace_propagation,
             read_only=config.read_only,

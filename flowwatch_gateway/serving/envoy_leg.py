@@ -11,11 +11,12 @@ policy, so the connection goes to exactly the address that was allowed (no windo
 for DNS rebinding); the URL keeps the endpoint's own host name for `:authority`.
 
 pyvoy's client only lives as long as the request that uses it, so this leg carries
-the passthrough only; discovery, fan-out and streams keep the shared pyqwest
-transports. Plaintext endpoints only (https ones stay on pyqwest, which verifies
-their certificates). The server configures the clusters (`envoy_clusters`) and sets
-ENVOY_LEG_ENV in the app's environment; without it (uvicorn, tests in-process) the
-passthrough uses pyqwest as before.
+the passthrough and, as the request leg (proxy/upstream.py, REQUEST_LEG), the unary
+calls an API request makes (fan-out, routed calls of the decoding path); discovery
+and streams keep the shared pyqwest transports. Plaintext endpoints only (https
+ones stay on pyqwest, which verifies their certificates). The server configures the
+clusters (`envoy_clusters`) and sets ENVOY_LEG_ENV in the app's environment; without
+it (uvicorn, tests in-process) every call uses pyqwest.
 """
 
 from __future__ import annotations
@@ -115,6 +116,27 @@ class EnvoyLeg:
                 CLUSTERS[mode], timeout=self._timeout_s
             )
         return transport
+
+    async def execute(
+        self, request: pyqwest.Request, mode: HttpMode, dial: str
+    ) -> pyqwest.Response | None:
+        """The request leg: a unary call the caller has checked and times itself.
+
+        None when Envoy could not connect (the caller sends it over pyqwest, which
+        says so in its words); Envoy's other local replies are UpstreamUnreached.
+        """
+        if mode not in CLUSTERS or not request.url.startswith("http://"):
+            return None
+        headers = pyqwest.Headers(request.headers.items())
+        headers[DESTINATION_HEADER] = dial
+        sent = pyqwest.Request(request.method, request.url, headers, request.content)
+        response = await self._transport(mode).execute(sent)
+        if response.headers.get(_FROM_UPSTREAM) is not None:
+            return response
+        text = (await read_capped(response)).decode("utf-8", "replace")
+        if any(reason in text for reason in _NEVER_SENT):
+            return None
+        raise UpstreamUnreached(Code.UNAVAILABLE, f"could not reach the subsystem: {text}")
 
     async def post(
         self,

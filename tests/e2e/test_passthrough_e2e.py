@@ -7,9 +7,10 @@ the passthrough and the same calls on `decoding` take the decoding path. For eve
 per-run read rpc and both Connect codecs, success and the owner's errors, the two
 answers must agree in status, body and the headers a client reads.
 
-The subsystems print the content type of every call the gateway makes and the
-destination header of the Envoy leg (serving/envoy_leg.py), which only the
-passthrough's calls carry: they leave through the Envoy the gateway runs in,
+The subsystems print three headers of every call the gateway makes: its content
+type (every call has one), its user agent (connectrpc's client, the decoding path,
+sends one; the passthrough sends none) and the destination header of the Envoy leg
+(serving/envoy_leg.py): both paths leave through the Envoy the gateway runs in,
 addressed to the subsystem's checked address. So the test also sees which path each
 call took, and that a retry's new run id was remembered.
 """
@@ -60,6 +61,7 @@ COMPARED_HEADERS = (
     "access-control-expose-headers",
 )
 PROBE_HEADER = "content-type"  # every call has one
+CLIENT_HEADER = "user-agent"  # the decoding path's calls only
 
 
 @dataclass
@@ -124,7 +126,7 @@ def stack() -> Iterator[Stack]:
     now = datetime.now(UTC).replace(microsecond=0)
     with contextlib.ExitStack() as closing:
         orders, orders_url = start_demo_server(
-            "orders", 1, now, print_header=f"{PROBE_HEADER},{DESTINATION_HEADER}"
+            "orders", 1, now, print_header=f"{PROBE_HEADER},{CLIENT_HEADER},{DESTINATION_HEADER}"
         )
         closing.callback(orders.close)
         quirky, quirky_url = start_quirky(now)
@@ -211,16 +213,19 @@ def test_orders_reads_agree_and_take_the_passthrough(
     request = request_for(rpc, stack.orders_run)
     before = len(probes(stack.orders, rpc))
     routed_before = len(probes(stack.orders, rpc, DESTINATION_HEADER))
-    port = stack.orders_url.rsplit(":", 1)[1]
+    clients_before = len(probes(stack.orders, rpc, CLIENT_HEADER))
     fast = call(stack.fast.url, rpc, content_type, request)
-    # The passthrough answered: one call, through Envoy, to the address the policy checked.
+    # The passthrough answered: one call, the bytes as they came (no client of its own).
     assert len(probes(stack.orders, rpc)) == before + 1
-    routed = probes(stack.orders, rpc, DESTINATION_HEADER)[routed_before:]
-    assert routed == [f"127.0.0.1:{port}"]
+    assert len(probes(stack.orders, rpc, CLIENT_HEADER)) == clients_before
     decoding = call(stack.decoding.url, rpc, content_type, request)
-    # The decoding path answered: one more call, not through Envoy.
+    # The decoding path answered: one more call, made by connectrpc's client.
     assert len(probes(stack.orders, rpc)) == before + 2
-    assert len(probes(stack.orders, rpc, DESTINATION_HEADER)) == routed_before + 1
+    assert len(probes(stack.orders, rpc, CLIENT_HEADER)) == clients_before + 1
+    # Both went through Envoy, to the address the policy checked.
+    port = stack.orders_url.rsplit(":", 1)[1]
+    routed = probes(stack.orders, rpc, DESTINATION_HEADER)[routed_before:]
+    assert routed == [f"127.0.0.1:{port}"] * 2
     assert fast.status == 200, fast.body
     assert_same(fast, decoding, f"{rpc} {content_type}", rpc)
 
@@ -288,6 +293,8 @@ def test_retry_new_run_is_remembered_by_the_passthrough(stack: Stack) -> None:
         {"filter": {"subsystemIds": ["orders"], "statuses": ["RUN_STATUS_FAILED"]}},
     ).json()
     failed_run = listed["runs"][0]["id"]
+    retries_before = len(probes(stack.orders, "RetryRun"))
+    clients_retrying = len(probes(stack.orders, "RetryRun", CLIENT_HEADER))
     retried = call(
         stack.fast.url,
         "RetryRun",
@@ -297,18 +304,18 @@ def test_retry_new_run_is_remembered_by_the_passthrough(stack: Stack) -> None:
     assert retried.status == 200, retried.body
     new_run_id = runs_pb.RetryRunResponse.FromString(retried.body).new_run_id
     assert new_run_id
-    port = stack.orders_url.rsplit(":", 1)[1]
-    routed = probes(stack.orders, "RetryRun", DESTINATION_HEADER)
-    assert routed and routed[-1] == f"127.0.0.1:{port}", "the passthrough answered"
+    # The passthrough answered: one call, without a client of its own.
+    assert len(probes(stack.orders, "RetryRun")) == retries_before + 1
+    assert len(probes(stack.orders, "RetryRun", CLIENT_HEADER)) == clients_retrying
     before = len(probes(stack.orders, "GetRun"))
-    routed_before = len(probes(stack.orders, "GetRun", DESTINATION_HEADER))
+    clients_before = len(probes(stack.orders, "GetRun", CLIENT_HEADER))
     got = call(
         stack.fast.url, "GetRun", "application/json", runs_pb.GetRunRequest(run_id=new_run_id)
     )
     assert got.status == 200, got.body
     # Sent to the remembered owner alone, as bytes: no broadcast, no decoding.
     assert len(probes(stack.orders, "GetRun")) == before + 1
-    assert len(probes(stack.orders, "GetRun", DESTINATION_HEADER)) == routed_before + 1
+    assert len(probes(stack.orders, "GetRun", CLIENT_HEADER)) == clients_before
 
 
 def test_an_owner_that_does_not_answer_in_time_is_deadline_exceeded_on_both_paths(
@@ -347,3 +354,13 @@ def test_an_unreachable_owner_is_unavailable_on_both_paths(stack: Stack, content
     assert fast.status == 503, fast.body
     assert_same(fast, decoding, f"GetRun {content_type}", "GetRun")
     assert b"subsystem quirky unavailable" in fast.body
+
+
+def test_a_fan_out_leaves_through_envoy_to_the_checked_address(stack: Stack) -> None:
+    """The unary calls an API request makes take the request leg (proxy/upstream.py)."""
+    routed_before = len(probes(stack.orders, "ListRuns", DESTINATION_HEADER))
+    listed = post(stack.decoding.url, "RunService/ListRuns", {"pagination": {"limit": 5}})
+    assert listed.status_code == 200, listed.text
+    port = stack.orders_url.rsplit(":", 1)[1]
+    routed = probes(stack.orders, "ListRuns", DESTINATION_HEADER)[routed_before:]
+    assert routed and set(routed) == {f"127.0.0.1:{port}"}
