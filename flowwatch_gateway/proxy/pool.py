@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 from collections.abc import Coroutine, Iterable
 from typing import Any
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 DISCOVERY_FIRST_RETRY_S = 0.5
 DISCOVERY_MAX_RETRY_S = 30.0
 CLOSE_TIMEOUT_S = 2.0
+RETRY_GRID_S = 0.5
 
 
 async def fetch_all_workflows(
@@ -83,11 +85,15 @@ class UpstreamPool:
         connect: Connect,
         retry_s: tuple[float, float] = (DISCOVERY_FIRST_RETRY_S, DISCOVERY_MAX_RETRY_S),
     ) -> None:
-        """`retry_s`: the first and the largest delay between discovery attempts."""
+        """`retry_s`: the first and the largest delay between discovery attempts.
+
+        Attempts are due on a grid of RETRY_GRID_S (or the first delay, if shorter).
+        """
         self._registry = registry
         self._timeout_s = timeout_s
         self._connect = connect
         self._first_retry_s, self._max_retry_s = retry_s
+        self._retry_grid_s = min(RETRY_GRID_S, self._first_retry_s)
         self._clients: dict[str, UpstreamClients] = {}
         self._background: set[asyncio.Task[None]] = set()
         # Discovery retries waiting for their turn (see _prepare).
@@ -219,8 +225,12 @@ class UpstreamPool:
                 self._spawn(self._prepare(instance, clients, next_delay, connect))
 
         # Jitter: subsystems that registered together do not all retry in the same second.
-        wait = random.uniform(delay / 2, delay)
-        handle = asyncio.get_running_loop().call_later(wait, fire)
+        # On a grid, so retries due close together share one wake-up of the event loop
+        # (under pyvoy each costs more than a refused connect).
+        loop = asyncio.get_running_loop()
+        due = loop.time() + random.uniform(delay / 2, delay)
+        grid = self._retry_grid_s
+        handle = loop.call_at(math.ceil(due / grid) * grid, fire)
         self._timers.add(handle)
 
     async def _discover(self, instance: SubsystemInstance, clients: UpstreamClients) -> bool:

@@ -128,3 +128,40 @@ async def test_a_subsystem_that_does_not_listen_is_probed_over_http_once() -> No
     finally:
         await pool.aclose()
         await transports.aclose()
+
+
+async def test_retries_fall_due_on_a_shared_grid() -> None:
+    """Retries of many subsystems share wake-ups of the event loop: each is due on
+    the pool's grid (here the first delay, 0.2 s), whatever its jitter."""
+    grid = 0.2
+    loop = asyncio.get_running_loop()
+    checked_at: list[float] = []
+    transports = SharedTransports(EndpointChecker(EndpointPolicy.for_listener("127.0.0.1", 1)))
+
+    def counted(instance_id: str, endpoint: str, mode: HttpMode | None) -> UpstreamClients:
+        clients = transports.connect(instance_id, endpoint, mode)
+
+        def refused_now() -> bool:
+            checked_at.append(loop.time())
+            return clients.refused_now()
+
+        return dataclasses.replace(clients, refused_now=refused_now)
+
+    registry = InMemoryRegistry()
+    pool = UpstreamPool(registry, timeout_s=1.0, connect=counted, retry_s=(grid, grid))
+    try:
+        for n in range(20):
+            registry.register(
+                gateway_service_pb2.RegisterRequest(
+                    subsystem_id=f"s{n}", flowwatch_endpoint=f"http://127.0.0.1:{free_port()}"
+                )
+            )
+        await asyncio.sleep(1.0)
+        assert len(checked_at) >= 20
+        # A timer may run late on a loaded machine, but not by half a slot (the
+        # microsecond absorbs a multiple of 0.2 that floats put just below it).
+        past_slot = sorted((t + 1e-6) % grid for t in checked_at)
+        assert past_slot[-1] < grid / 2, past_slot
+    finally:
+        await pool.aclose()
+        await transports.aclose()
