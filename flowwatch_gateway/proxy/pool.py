@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import random
 from collections.abc import Coroutine, Iterable
 from typing import Any
@@ -29,6 +28,7 @@ from flowwatch_gateway.gen.flowwatch.v1 import types_pb2 as types
 from flowwatch_gateway.gen.flowwatch.v1 import workflow_service_pb2 as wf
 from flowwatch_gateway.proxy.upstream import Connect, HttpMode, UpstreamClients, negotiate
 from flowwatch_gateway.registry.base import Registry, SubsystemInstance
+from flowwatch_gateway.timers import call_on_grid
 
 __all__ = ["UpstreamPool", "fetch_all_workflows"]
 
@@ -227,10 +227,8 @@ class UpstreamPool:
         # Jitter: subsystems that registered together do not all retry in the same second.
         # On a grid, so retries due close together share one wake-up of the event loop
         # (under pyvoy each costs more than a refused connect).
-        loop = asyncio.get_running_loop()
-        due = loop.time() + random.uniform(delay / 2, delay)
-        grid = self._retry_grid_s
-        handle = loop.call_at(math.ceil(due / grid) * grid, fire)
+        wait = random.uniform(delay / 2, delay)
+        handle = call_on_grid(asyncio.get_running_loop(), wait, self._retry_grid_s, fire)
         self._timers.add(handle)
 
     async def _discover(self, instance: SubsystemInstance, clients: UpstreamClients) -> bool:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
@@ -42,6 +41,7 @@ from flowwatch_gateway.registry.validation import (
     takeover_refusal,
     validate_register_request,
 )
+from flowwatch_gateway.timers import call_on_grid
 
 log = logging.getLogger(__name__)
 
@@ -192,8 +192,7 @@ class _Session:
             return False
         loop = asyncio.get_running_loop()
         tick = self._tick = loop.create_future()
-        grid = interval * PING_GRID_FRACTION
-        timer = loop.call_at(math.ceil((loop.time() + interval) / grid) * grid, _wake, tick)
+        timer = call_on_grid(loop, interval, interval * PING_GRID_FRACTION, _wake, tick)
         try:
             await tick
         finally:

@@ -1,0 +1,26 @@
+"""Timers due on a shared grid: many due close together cost one event-loop wake-up.
+
+Under pyvoy a wake-up of the event loop costs more than most of what a timer then
+does (a ping, a refused connect), so periodic work of many subsystems is rounded up
+to the next multiple of a grid and runs in the same loop iteration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["call_on_grid"]
+
+
+def call_on_grid(
+    loop: asyncio.AbstractEventLoop,
+    delay: float,
+    grid: float,
+    callback: Callable[..., object],
+    *args: Any,
+) -> asyncio.TimerHandle:
+    """`loop.call_later(delay, ...)`, late by less than `grid`: at its next multiple."""
+    return loop.call_at(math.ceil((loop.time() + delay) / grid) * grid, callback, *args)
