@@ -50,6 +50,7 @@ from flowwatch_gateway.registry.endpoints import (
     endpoint_host_port,
     resolve,
 )
+from flowwatch_gateway.timers import wake
 
 log = logging.getLogger(__name__)
 exit_guard.install()
@@ -183,7 +184,7 @@ async def tcp_listening(dial: str, timeout_s: float = LISTEN_CHECK_TIMEOUT_S) ->
         if status == errno.EINPROGRESS:
             loop = asyncio.get_running_loop()
             writable: asyncio.Future[None] = loop.create_future()
-            loop.add_writer(sock.fileno(), _wake_once, writable)
+            loop.add_writer(sock.fileno(), wake, writable)
             try:
                 async with asyncio.timeout(timeout_s):
                     await writable
@@ -228,11 +229,6 @@ def _start_connect(dial: str) -> tuple[socket.socket, int] | None:
         # within the connect call. Reading SO_ERROR clears it, hence the mapping.
         status = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) or errno.EINPROGRESS
     return sock, status
-
-
-def _wake_once(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
 
 
 def initial_mode(endpoint: str) -> HttpMode:

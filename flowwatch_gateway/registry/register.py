@@ -41,7 +41,7 @@ from flowwatch_gateway.registry.validation import (
     takeover_refusal,
     validate_register_request,
 )
-from flowwatch_gateway.timers import call_on_grid
+from flowwatch_gateway.timers import call_on_grid, wake
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +179,7 @@ class _Session:
         if not self.closing.is_set():
             self.close_reason = reason
             self.closing.set()
-            _wake(self._tick)
+            wake(self._tick)
 
     async def next_ping(self, interval: float) -> bool:
         """Wait `interval` or until closed; whether a ping is due (False: closing).
@@ -192,7 +192,7 @@ class _Session:
             return False
         loop = asyncio.get_running_loop()
         tick = self._tick = loop.create_future()
-        timer = call_on_grid(loop, interval, interval * PING_GRID_FRACTION, _wake, tick)
+        timer = call_on_grid(loop, interval, interval * PING_GRID_FRACTION, wake, tick)
         try:
             await tick
         finally:
@@ -471,11 +471,6 @@ class RegisterService(gateway_service_connect.GatewayService):
         except Exception as exc:
             log.debug("register stream of %s failed: %r", session.subsystem_id, exc)
         session.close(None)
-
-
-def _wake(waiter: asyncio.Future[None] | None) -> None:
-    if waiter is not None and not waiter.done():
-        waiter.set_result(None)
 
 
 async def _first_register_request(request: AsyncIterator[SubsystemMessage]) -> RegisterRequest:
