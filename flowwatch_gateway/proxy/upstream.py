@@ -254,8 +254,8 @@ class RequestLeg(Protocol):
     async def execute(
         self, request: pyqwest.Request, mode: HttpMode, dial: str
     ) -> pyqwest.Response | None:
-        """The answer to `request` sent to `dial`; None when it could not be sent (no
-        connection), so the caller may send it another way."""
+        """The answer to `request` sent to `dial`; None when the leg could not send it
+        (its own limits), so the caller sends it another way."""
         ...
 
 
