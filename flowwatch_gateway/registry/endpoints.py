@@ -298,9 +298,10 @@ def dial_text(address: IPAddress, port: int) -> str:
 class EndpointChecker:
     """The call-time check: raise permission_denied before dialing a refused endpoint.
 
-    The proxy calls `await checker.ensure_allowed(endpoint)` before each upstream
-    call; verdicts are cached for CHECK_CACHE_TTL_S. `dial_address` also gives the
-    address that was checked, for a client that can be told where to connect.
+    The proxy calls `await checker.dial_address(endpoint)` before each upstream call
+    (a leg through Envoy connects to the address it returns); verdicts are cached for
+    CHECK_CACHE_TTL_S, an IP host's for good. `dial_address_now` answers without a
+    lookup when it can.
     """
 
     def __init__(self, policy: EndpointPolicy, *, cache_ttl: float = CHECK_CACHE_TTL_S) -> None:
@@ -309,9 +310,6 @@ class EndpointChecker:
         # endpoint -> (expires at, refusal, dial): an IP host's verdict never expires,
         # since the policy is fixed and no DNS answer can change it.
         self._verdicts: dict[str, tuple[float, str | None, str | None]] = {}
-
-    async def ensure_allowed(self, endpoint: str) -> None:
-        await self.dial_address(endpoint)
 
     async def dial_address(self, endpoint: str) -> str | None:
         """`address:port` the endpoint resolved to and was allowed at (None: no address).
