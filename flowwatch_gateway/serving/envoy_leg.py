@@ -131,16 +131,16 @@ class EnvoyLeg:
         """
         if mode not in CLUSTERS or not request.url.startswith("http://"):
             return None
-        headers = pyqwest.Headers(request.headers.items())
-        headers[DESTINATION_HEADER] = dial
-        sent = pyqwest.Request(request.method, request.url, headers, request.content)
-        response = await self._transport(mode).execute(sent)
-        if response.headers.get(_FROM_UPSTREAM) is not None:
+        headers = [*request.headers.items(), (DESTINATION_HEADER, dial)]
+        sent = pyqwest.Request(
+            request.method, request.url, pyqwest.Headers(headers), request.content
+        )
+        response, local_reply = await self._send(mode, sent)
+        if local_reply is None:
             return response
-        text = (await read_capped(response)).decode("utf-8", "replace")
-        if any(reason in text for reason in _ENVOY_LIMITS):
+        if any(reason in local_reply for reason in _ENVOY_LIMITS):
             return None
-        raise UpstreamUnreached(Code.UNAVAILABLE, f"could not reach the subsystem: {text}")
+        raise _lost(local_reply)
 
     async def post(
         self,
@@ -165,13 +165,26 @@ class EnvoyLeg:
             raise NeverSent  # does not resolve: the decoding path says so in its words
         sent = {**headers, DESTINATION_HEADER: dial, _TIMEOUT_HEADER: str(timeout_ms)}
         request = pyqwest.Request("POST", url, pyqwest.Headers(sent), body)
-        response = await self._transport(clients.mode).execute(request)
-        answer = await read_capped(response)
-        if response.headers.get(_FROM_UPSTREAM) is None:
-            text = answer.decode("utf-8", "replace")
+        response, local_reply = await self._send(clients.mode, request)
+        if local_reply is not None:
             if response.status == HTTP_GATEWAY_TIMEOUT:
                 raise ConnectError(Code.DEADLINE_EXCEEDED, "Request timed out")
-            if any(reason in text for reason in _NEVER_SENT):
-                raise NeverSent(text)
-            raise UpstreamUnreached(Code.UNAVAILABLE, f"could not reach the subsystem: {text}")
+            if any(reason in local_reply for reason in _NEVER_SENT):
+                raise NeverSent(local_reply)
+            raise _lost(local_reply)
+        answer = await read_capped(response)
         return response.status, response.headers.get("content-type") or "", answer
+
+    async def _send(
+        self, mode: HttpMode, request: pyqwest.Request
+    ) -> tuple[pyqwest.Response, str | None]:
+        """Envoy's response, and the text of its local reply when it answered itself."""
+        response = await self._transport(mode).execute(request)
+        if response.headers.get(_FROM_UPSTREAM) is not None:
+            return response, None
+        return response, (await read_capped(response)).decode("utf-8", "replace")
+
+
+def _lost(local_reply: str) -> UpstreamUnreached:
+    """A call Envoy could not complete (no connection, a reset), in Envoy's words."""
+    return UpstreamUnreached(Code.UNAVAILABLE, f"could not reach the subsystem: {local_reply}")
