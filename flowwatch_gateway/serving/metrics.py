@@ -118,6 +118,20 @@ class _StateCollector(Collector):
         )
 
 
+class _Children:
+    """A labelled metric's children by label values, each looked up once (few label sets)."""
+
+    def __init__(self, metric: Histogram) -> None:
+        self._metric = metric
+        self._children: dict[tuple[str, ...], Histogram] = {}
+
+    def __call__(self, *labels: str) -> Histogram:
+        child = self._children.get(labels)
+        if child is None:
+            child = self._children[labels] = self._metric.labels(*labels)
+        return child
+
+
 class GatewayMetrics:
     """Every metric of one gateway app, and the hooks that update them.
 
@@ -171,6 +185,9 @@ class GatewayMetrics:
             registry=self.collectors,
         )
         self.collectors.register(_StateCollector(self))
+        # Looked up once per label set: labels() costs more than observe() on every call.
+        self._timers = _Children(self.upstream_duration)
+        self._widths = _Children(self.fanout_width)
 
     def watch_owner_cache(self, owners: RunOwnerCache) -> None:
         self.owners = owners
@@ -194,7 +211,7 @@ class GatewayMetrics:
         self.partial_failures.labels(rpc).inc()
 
     def fanned_out(self, rpc: str, width: int) -> None:
-        self.fanout_width.labels(rpc).observe(width)
+        self._widths(rpc).observe(width)
 
     # --- observe.UpstreamSink --------------------------------------------------------
     def upstream_call(
@@ -208,7 +225,7 @@ class GatewayMetrics:
     ) -> None:
         # A stream's duration is how long someone watched, not latency: not timed.
         if unary:
-            self.upstream_duration.labels(rpc, error_code(error)).observe(seconds)
+            self._timers(rpc, error_code(error)).observe(seconds)
         self.health.record(subsystem_id, rpc, error)
 
     # --- exposition ------------------------------------------------------------------
