@@ -75,8 +75,9 @@ async def read_capped(response: pyqwest.Response) -> bytes:
                     Code.RESOURCE_EXHAUSTED,
                     f"message is larger than configured max {READ_MAX_BYTES}",
                 )
-    finally:
-        await response.aclose()
+    except BaseException:
+        await response.aclose()  # a body read to its end needs no closing
+        raise
     return bytes(chunks)
 
 

@@ -158,7 +158,10 @@ class EnvoyLeg:
         unavailable (as UpstreamUnreached) when the policy refuses the endpoint.
         """
         try:
-            dial = await self._checker.dial_address(clients.endpoint)
+            endpoint = clients.endpoint
+            dial = self._checker.dial_address_now(endpoint) or (
+                await self._checker.dial_address(endpoint)
+            )
         except ConnectError as exc:
             raise UpstreamUnreached(Code.UNAVAILABLE, exc.message) from None
         if dial is None:
