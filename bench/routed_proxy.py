@@ -4,6 +4,9 @@ The numbers behind issue 12's table. One subsystem is called four ways with the 
 binary Connect request for one run, whose owner each gateway has already learned:
 
   direct        the subsystem itself
+  bare          bare_passthrough.py: a bare byte passthrough under pyvoy (body in, the
+                same Envoy cluster out, answer back; nothing else), the floor for any
+                gateway written as an ASGI app under pyvoy
   gateway       a pyvoy gateway with the passthrough (GATEWAY_PASSTHROUGH=true, default)
   decoding      a second pyvoy gateway with --passthrough false (every call decoded)
   nginx         nginx (if installed) proxying to the subsystem over HTTP/1.1 keep-alive;
@@ -220,6 +223,17 @@ def start_fast_subsystem(group: _common.Children, demo_url: str) -> Subsystem | 
     return Subsystem(f"http://127.0.0.1:{port}", port)
 
 
+BARE_PASSTHROUGH = Path(__file__).with_name("bare_passthrough.py")
+
+
+def start_bare(group: _common.Children, subsystem_port: int) -> Target:
+    port = free_port()
+    command = [sys.executable, str(BARE_PASSTHROUGH), str(port), f"127.0.0.1:{subsystem_port}"]
+    child = group.start(Child("bare passthrough", command))
+    child.wait_for(lambda: _listening(port), _common.STARTUP_TIMEOUT_SECONDS, "listening")
+    return Target("bare", f"http://127.0.0.1:{port}")
+
+
 def start_gateway(group: _common.Children, *extra: str) -> _common.Served:
     port = free_port()
     args = ["serve", "--addr", f"127.0.0.1:{port}", "--server", "pyvoy", *extra]
@@ -296,6 +310,7 @@ def table(results: Results, names: Sequence[str]) -> str:
             direct = results.get((protocol, "direct", in_flight))
             if not direct:
                 continue
+            bare = results.get((protocol, "bare", in_flight))
             for name in names:
                 cells = results.get((protocol, name, in_flight))
                 if not cells:
@@ -303,6 +318,10 @@ def table(results: Results, names: Sequence[str]) -> str:
                 ratios = [c.rps / d.rps for c, d in zip(cells, direct, strict=True)]
                 added = [c.p50_ms - d.p50_ms for c, d in zip(cells, direct, strict=True)]
                 p99_ratio = [c.p99_ms / d.p99_ms for c, d in zip(cells, direct, strict=True)]
+                to_bare = ""
+                if bare and name not in ("direct", "bare"):
+                    pairs = zip(cells, bare, strict=True)
+                    to_bare = f"{statistics.median(c.rps / b.rps for c, b in pairs):.2f}x"
                 rows.append(
                     [
                         protocol,
@@ -314,6 +333,7 @@ def table(results: Results, names: Sequence[str]) -> str:
                         "" if name == "direct" else f"{statistics.median(added):+.2f}",
                         f"{statistics.median(c.p99_ms for c in cells):.2f}",
                         "" if name == "direct" else f"{statistics.median(p99_ratio):.2f}x",
+                        to_bare,
                     ]
                 )
     return _common.format_table(
@@ -327,6 +347,7 @@ def table(results: Results, names: Sequence[str]) -> str:
             "added p50",
             "p99 ms",
             "p99 x direct",
+            "req/s x bare",
         ],
         rows,
     )
@@ -386,13 +407,17 @@ def benchmark(args: argparse.Namespace) -> int:
         body.write_bytes(body_bytes)
         for url in (gateway.url, decoding.url):
             wait_routed(url, body_bytes, run_id)
+        bare = start_bare(group, subsystem.port)
+        if connect_call(bare.url, body_bytes).status_code != 200:
+            raise RuntimeError("the bare passthrough did not answer GetRun")
         nginx = start_nginx(group, subsystem.port, workdir)
         if nginx is None:
             print("# nginx not found: its rows are skipped (Debian: apt-get install nginx-light)")
-        names = ["direct", "gateway", "decoding"]
+        names = ["direct", "bare", "gateway", "decoding"]
         targets: dict[str, list[Target]] = {
             protocol: [
                 Target("direct", subsystem.url),
+                bare,
                 Target("gateway", gateway.url),
                 Target("decoding", decoding.url),
             ]
@@ -410,7 +435,10 @@ def benchmark(args: argparse.Namespace) -> int:
         "HTTP/1.1: wrk (one connection per request in flight); client, gateways, "
         "subsystems and nginx all on this machine"
     )
-    print("# gateway = passthrough (default); decoding = GATEWAY_PASSTHROUGH=false")
+    print(
+        "# bare = bare_passthrough.py (pyvoy's floor); gateway = passthrough (default); "
+        "decoding = GATEWAY_PASSTHROUGH=false"
+    )
     print(table(results, names), flush=True)
     return 0 if clean else _common.EXIT_FAILED
 

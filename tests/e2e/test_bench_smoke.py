@@ -140,10 +140,12 @@ def test_routed_proxy_runs_and_prints_a_row_per_tool_and_path() -> None:
     if any(tools.values()):
         rows = table_rows(result.stdout, "protocol")
         nginx = "# nginx not found" not in result.stdout  # HTTP/1.1 rows only
-        paths = {"h2c": 3, "HTTP/1.1": 4 if nginx else 3}
+        paths = {"h2c": 4, "HTTP/1.1": 5 if nginx else 4}
         wanted = sum(2 * paths[protocol] for protocol, tool in tools.items() if tool)
         assert len(rows) == wanted, result.stdout
-        assert {row.split()[2] for row in rows} <= {"direct", "gateway", "decoding", "nginx"}
+        names = {row.split()[2] for row in rows}
+        assert {"direct", "bare", "gateway", "decoding"} <= names, result.stdout
+        assert names <= {"direct", "bare", "gateway", "decoding", "nginx"}
         assert "load average after each round" in result.stdout
     assert "warning:" not in result.stderr, "a child did not exit 0"
     assert processes_with_marker(marker) == []
