@@ -319,7 +319,7 @@ def table(results: Results, names: Sequence[str]) -> str:
                 added = [c.p50_ms - d.p50_ms for c, d in zip(cells, direct, strict=True)]
                 p99_ratio = [c.p99_ms / d.p99_ms for c, d in zip(cells, direct, strict=True)]
                 to_bare = ""
-                if bare and name not in ("direct", "bare"):
+                if bare and name in ("gateway", "decoding"):
                     pairs = zip(cells, bare, strict=True)
                     to_bare = f"{statistics.median(c.rps / b.rps for c, b in pairs):.2f}x"
                 rows.append(
