@@ -14,7 +14,7 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Protocol
 
 from connectrpc.code import Code
@@ -232,16 +232,22 @@ class RegisterService(gateway_service_connect.GatewayService):
             )
 
     # --- GatewayService --------------------------------------------------------------
-    async def register(
+    def register(
         self,
         request: AsyncIterator[SubsystemMessage],
         ctx: RequestContext[SubsystemMessage, GatewayMessage],
     ) -> AsyncIterator[GatewayMessage]:
+        # In-process callers (tests) may pass no context; a server always does.
+        return self.serve(request, (ctx.client_address if ctx is not None else None) or "")
+
+    async def serve(
+        self, request: AsyncIterator[SubsystemMessage], peer: str
+    ) -> AsyncGenerator[GatewayMessage]:
+        """One Register stream from `peer` (its address, for the logs), whoever frames it."""
         try:
             registration = await self._admit(request)
         except _Rejection as rejection:
-            # In-process callers (tests) may pass no context; a server always does.
-            self._rejected(rejection, (ctx.client_address if ctx is not None else None) or "")
+            self._rejected(rejection, peer)
             if rejection.answer is not None:
                 yield GatewayMessage(
                     registered=RegisterResponse(accepted=False, reject_reason=rejection.answer)

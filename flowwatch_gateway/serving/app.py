@@ -40,6 +40,8 @@ from flowwatch_gateway.registry.register import (
     RegisterService,
     gateway_asgi_app,
 )
+from flowwatch_gateway.registry.register_connect import ConnectRegister
+from flowwatch_gateway.registry.validation import REGISTER_READ_MAX_BYTES
 from flowwatch_gateway.serving.asgi_guard import GuardReceiveAfterBody
 from flowwatch_gateway.serving.control import serve_control_socket
 from flowwatch_gateway.serving.envoy_leg import EnvoyLeg
@@ -252,7 +254,11 @@ def create_app(
     # The same guards the middleware path applies (the Mount above stays for clarity
     # and for the bare service path).
     app.register_prefix = f"{gateway_app.path}/"
-    app.register_app = GuardReceiveAfterBody(RequireHttp2(gateway_app))
+    app.register_app = ConnectRegister(
+        register_service,
+        GuardReceiveAfterBody(RequireHttp2(gateway_app)),
+        read_max_bytes=REGISTER_READ_MAX_BYTES,
+    )
     app.state.registry = registry
     app.state.register_service = register_service
     app.state.config = config

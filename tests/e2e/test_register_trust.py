@@ -25,6 +25,7 @@ import h2.events
 import httpx
 import pytest
 from connectrpc.code import Code
+from connectrpc.compression.gzip import GzipCompression
 from connectrpc.errors import ConnectError
 from connectrpc.protocol import ProtocolType
 
@@ -80,12 +81,27 @@ Outcome = tuple[Code | None, str]
 
 
 async def via_connect(gw: GatewayProcess, messages: list[Message]) -> Outcome:
+    """Connect, binary, uncompressed: the stream the gateway frames itself."""
+    return await _connect_register(gw, messages, gzip_requests=False)
+
+
+async def via_connect_gzip(gw: GatewayProcess, messages: list[Message]) -> Outcome:
+    """Connect with gzip-compressed requests: the stream connectrpc's server frames."""
+    return await _connect_register(gw, messages, gzip_requests=True)
+
+
+async def _connect_register(
+    gw: GatewayProcess, messages: list[Message], *, gzip_requests: bool
+) -> Outcome:
     async def requests() -> AsyncIterator[Message]:
         for message in messages:
             yield message
 
     client = gateway_service_connect.GatewayServiceClient(
-        gw.url, http_client=http2_client(), protocol=ProtocolType.CONNECT, send_compression=None
+        gw.url,
+        http_client=http2_client(),
+        protocol=ProtocolType.CONNECT,
+        send_compression=GzipCompression() if gzip_requests else None,
     )
     try:
         async for _ in client.register(requests()):
@@ -179,7 +195,7 @@ async def via_h2(gw: GatewayProcess, messages: list[Message]) -> Outcome:
 
 
 Transport = Callable[[GatewayProcess, list[Message]], Coroutine[Any, Any, Outcome]]
-TRANSPORTS = pytest.mark.parametrize("send", [via_connect, via_grpcio, via_h2])
+TRANSPORTS = pytest.mark.parametrize("send", [via_connect, via_connect_gzip, via_grpcio, via_h2])
 
 
 def many_workflows(count: int, padding: int = 0) -> list[types_pb2.WorkflowDefinition]:
