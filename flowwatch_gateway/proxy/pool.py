@@ -28,7 +28,7 @@ from flowwatch_gateway.gen.flowwatch.v1 import types_pb2 as types
 from flowwatch_gateway.gen.flowwatch.v1 import workflow_service_pb2 as wf
 from flowwatch_gateway.proxy.upstream import Connect, HttpMode, UpstreamClients, negotiate
 from flowwatch_gateway.registry.base import Registry, SubsystemInstance
-from flowwatch_gateway.timers import call_on_grid
+from flowwatch_gateway.timers import GridTimer, call_on_grid
 
 __all__ = ["UpstreamPool", "fetch_all_workflows"]
 
@@ -97,7 +97,7 @@ class UpstreamPool:
         self._clients: dict[str, UpstreamClients] = {}
         self._background: set[asyncio.Task[None]] = set()
         # Discovery retries waiting for their turn (see _prepare).
-        self._timers: set[asyncio.TimerHandle] = set()
+        self._timers: set[GridTimer] = set()
         # connectrpc turns a cancelled call into ConnectError(CANCELED), so a loop
         # cannot rely on task cancellation alone to stop: it also checks this.
         self._closing = asyncio.Event()
