@@ -29,13 +29,15 @@ pytestmark = pytest.mark.anyio
 
 
 def scope(*headers: tuple[bytes, bytes], http_version: str = "2") -> Scope:
+    """A Register request: Connect binary unless `headers` say otherwise."""
+    named = {b"content-type": CONNECT, **dict(headers)}
     return {
         "type": "http",
         "method": "POST",
         "path": PATH,
         "http_version": http_version,
         "client": ("10.1.2.3", 4567),
-        "headers": [(b"content-type", CONNECT), *headers],
+        "headers": list(named.items()),
     }
 
 
@@ -125,6 +127,38 @@ async def test_a_registration_is_answered_and_the_stream_ends_cleanly() -> None:
     assert fallback.scopes == []
 
 
+@pytest.mark.parametrize("content_type", [b"application/grpc", b"application/grpc+proto"])
+async def test_grpc_streams_end_with_their_status_in_trailers(content_type: bytes) -> None:
+    app, registry, fallback = setup()
+    sent = await exchange(
+        app,
+        envelope(register("orders")),
+        (b"content-type", content_type),
+        (b"te", b"trailers"),
+    )
+    start, *_, last_body, trailers = sent
+    assert start["trailers"] is True
+    assert dict(start["headers"]) == {
+        b"content-type": b"application/grpc+proto",
+        b"grpc-encoding": b"identity",
+    }
+    ((flags, first),) = frames(sent)
+    assert flags == 0
+    assert gw.GatewayMessage.FromString(first).registered.accepted
+    assert last_body == {"type": "http.response.body", "body": b"", "more_body": False}
+    assert trailers["type"] == "http.response.trailers"
+    assert dict(trailers["headers"])[b"grpc-status"] == b"0"
+    assert registry.get("orders") is not None
+    assert fallback.scopes == []
+
+    refused = await exchange(
+        app, envelope(register("payments", api_key="wrong")), (b"content-type", content_type)
+    )
+    status = dict(refused[-1]["headers"])
+    assert status[b"grpc-status"] == b"16"  # unauthenticated
+    assert b"invalid API key" in status[b"grpc-message"].replace(b"%20", b" ")
+
+
 async def test_a_refusal_is_answered_then_ends_with_its_code() -> None:
     app, registry, _ = setup()
     sent = await exchange(app, envelope(register("orders", api_key="wrong")))
@@ -156,23 +190,31 @@ async def test_a_compressed_message_without_an_encoding_is_refused() -> None:
 @pytest.mark.parametrize(
     ("headers", "http_version"),
     [
-        ([(b"content-type", b"application/grpc")], "2"),
         ([(b"content-type", b"application/grpc-web+proto")], "2"),
         ([(b"content-type", b"application/connect+json")], "2"),
+        ([(b"content-type", b"application/grpc+json")], "2"),
         ([(b"connect-content-encoding", b"gzip")], "2"),
         ([(b"connect-timeout-ms", b"5000")], "2"),
+        ([(b"content-type", b"application/grpc"), (b"grpc-encoding", b"gzip")], "2"),
+        ([(b"content-type", b"application/grpc"), (b"grpc-timeout", b"5S")], "2"),
         ([], "1.1"),  # connectrpc's app, behind RequireHttp2, refuses it
     ],
-    ids=["grpc", "grpc-web", "json", "gzip-requests", "deadline", "http1"],
+    ids=[
+        "grpc-web",
+        "connect-json",
+        "grpc-json",
+        "connect-gzip-requests",
+        "connect-deadline",
+        "grpc-gzip-requests",
+        "grpc-deadline",
+        "http1",
+    ],
 )
 async def test_everything_else_goes_to_connectrpc(
     headers: list[tuple[bytes, bytes]], http_version: str
 ) -> None:
     app, registry, fallback = setup()
-    request = scope(http_version=http_version)
-    replaced = dict(request["headers"])
-    replaced.update(dict(headers))
-    request["headers"] = list(replaced.items())
+    request = scope(*headers, http_version=http_version)
 
     async def receive() -> Message:
         raise AssertionError("the fallback was not called")
