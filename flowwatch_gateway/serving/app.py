@@ -40,7 +40,7 @@ from flowwatch_gateway.registry.register import (
     RegisterService,
     gateway_asgi_app,
 )
-from flowwatch_gateway.registry.register_connect import ConnectRegister
+from flowwatch_gateway.registry.register_front import RegisterFront
 from flowwatch_gateway.registry.validation import REGISTER_READ_MAX_BYTES
 from flowwatch_gateway.serving.asgi_guard import GuardReceiveAfterBody
 from flowwatch_gateway.serving.control import serve_control_socket
@@ -254,7 +254,7 @@ def create_app(
     # The same guards the middleware path applies (the Mount above stays for clarity
     # and for the bare service path).
     app.register_prefix = f"{gateway_app.path}/"
-    app.register_app = ConnectRegister(
+    app.register_app = RegisterFront(
         register_service,
         GuardReceiveAfterBody(RequireHttp2(gateway_app)),
         read_max_bytes=REGISTER_READ_MAX_BYTES,

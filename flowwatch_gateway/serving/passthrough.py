@@ -186,7 +186,7 @@ class Passthrough:
         self._propagate_trace = propagate_trace
         self._rpcs = _rpc_table(read_only=read_only)
         # Answer headers -> what CORSMiddleware makes of them without Origin (a few kinds).
-        self._heads: dict[_Head, tuple[tuple[bytes, bytes], ...]] = {}
+        self._heads: dict[_Head, _Head] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         rpc = self._rpcs.get(scope["path"]) if scope["type"] == "http" else None

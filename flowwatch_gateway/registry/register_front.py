@@ -40,7 +40,7 @@ from flowwatch_gateway.gen.flowwatch.v1.gateway_service_pb2 import (
 )
 from flowwatch_gateway.registry.register import RegisterService
 
-__all__ = ["ConnectRegister"]
+__all__ = ["RegisterFront"]
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,6 @@ _NO_TRAILERS = Headers()
 class _Protocol:
     """How one protocol frames a binary stream: connectrpc's writer, headers, trailers."""
 
-    name: str
     content_types: tuple[bytes, ...]
     # Request headers that send the stream to connectrpc: a deadline, and the request
     # compression header (anything but identity).
@@ -66,7 +65,6 @@ class _Protocol:
 
 
 CONNECT = _Protocol(
-    "connect",
     (b"application/connect+proto",),
     b"connect-timeout-ms",
     b"connect-content-encoding",
@@ -75,7 +73,6 @@ CONNECT = _Protocol(
     writer=lambda: ConnectEnvelopeWriter(_CODEC, None),
 )
 GRPC = _Protocol(
-    "grpc",
     (b"application/grpc", b"application/grpc+proto"),
     b"grpc-timeout",
     b"grpc-encoding",
@@ -89,7 +86,7 @@ class _Gone(Exception):
     """The client is gone: nothing more can be sent on this stream."""
 
 
-class ConnectRegister:
+class RegisterFront:
     """ASGI app for the Register path: plain streams here, the rest `fallback`."""
 
     def __init__(self, service: RegisterService, fallback: ASGIApp, *, read_max_bytes: int) -> None:
@@ -98,7 +95,7 @@ class ConnectRegister:
         self._read_max_bytes = read_max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        protocol = plain_stream(scope)
+        protocol = _plain_stream(scope)
         if protocol is None:
             await self._fallback(scope, receive, send)
             return
@@ -170,7 +167,7 @@ class ConnectRegister:
                     return
 
 
-def plain_stream(scope: Scope) -> _Protocol | None:
+def _plain_stream(scope: Scope) -> _Protocol | None:
     """The protocol of a binary stream over HTTP/2 without request compression or a
     deadline; None for anything else (connectrpc's server answers those)."""
     if scope["type"] != "http" or scope["method"] != "POST":

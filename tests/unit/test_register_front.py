@@ -1,4 +1,4 @@
-"""Register over Connect framed by the gateway: what it serves, what it leaves to connectrpc.
+"""Register streams framed by the gateway: what it serves, what it leaves to connectrpc.
 
 In process, with a real RegisterService and registry and a recording ASGI send; the
 same streams over real sockets (SDK, connect-go, grpcio, raw h2) are in
@@ -19,7 +19,7 @@ from flowwatch_gateway.registry.endpoints import EndpointPolicy
 from flowwatch_gateway.registry.keys import ApiKeys
 from flowwatch_gateway.registry.memory import InMemoryRegistry
 from flowwatch_gateway.registry.register import RegisterService
-from flowwatch_gateway.registry.register_connect import ConnectRegister
+from flowwatch_gateway.registry.register_front import RegisterFront
 
 KEY = "test-key"
 PATH = "/flowwatch.v1.GatewayService/Register"
@@ -66,7 +66,7 @@ class Fallback:
         self.scopes.append(scope)
 
 
-def setup() -> tuple[ConnectRegister, InMemoryRegistry, Fallback]:
+def setup() -> tuple[RegisterFront, InMemoryRegistry, Fallback]:
     registry = InMemoryRegistry()
     service = RegisterService(
         registry,
@@ -75,12 +75,10 @@ def setup() -> tuple[ConnectRegister, InMemoryRegistry, Fallback]:
         heartbeat=30.0,
     )
     fallback = Fallback()
-    return ConnectRegister(service, fallback, read_max_bytes=1024), registry, fallback
+    return RegisterFront(service, fallback, read_max_bytes=1024), registry, fallback
 
 
-async def exchange(
-    app: ConnectRegister, body: bytes, *headers: tuple[bytes, bytes]
-) -> list[Message]:
+async def exchange(app: RegisterFront, body: bytes, *headers: tuple[bytes, bytes]) -> list[Message]:
     """Send `body` as the whole request (the client ends its side); the messages sent back."""
     incoming = [{"type": "http.request", "body": body, "more_body": False}]
     sent: list[Message] = []
