@@ -2,8 +2,9 @@
 
 Each FlowWatch service has its own thin module (workflows, runs, analytics, streams,
 search); they share the upstream pool (clients and discovery), the fan-out helper
-(whom to ask, deadlines, partial failures) and the router (who owns a run or a
-workflow). `Gateway.backends()` is what the Connect service layer serves.
+(whom to ask, deadlines, partial failures), the rules of per-run calls (who owns a
+run, per_run.py) and the workflow router. `Gateway.backends()` is what the Connect
+service layer serves.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from connectrpc.interceptor import Interceptor
 from flowwatch_gateway.config import GatewayConfig
 from flowwatch_gateway.proxy.analytics import AnalyticsProxy
 from flowwatch_gateway.proxy.fanout import FanOut
+from flowwatch_gateway.proxy.per_run import PerRunCalls
 from flowwatch_gateway.proxy.pool import UpstreamPool
 from flowwatch_gateway.proxy.router import Router
 from flowwatch_gateway.proxy.runs import RunsProxy
@@ -54,18 +56,19 @@ class Gateway:
             connect=connect or self._transports.connect,
         )
         fan = FanOut(registry, self.pool, config.upstream_timeout, config.fanout_concurrency)
-        self.router = Router(registry, self.pool, fan, config.run_cache_size)
+        self.per_run = PerRunCalls(registry, self.pool, fan, config.run_cache_size)
+        router = Router(registry, fan)
         # Signs every cursor; random unless the operator shares one between replicas.
         cursor_key = config.cursor_key.encode() or secrets.token_bytes(32)
-        self.workflows = WorkflowsProxy(registry, fan, self.router, cursor_key=cursor_key)
-        self.runs = RunsProxy(registry, self.pool, fan, self.router, cursor_key=cursor_key)
+        self.workflows = WorkflowsProxy(registry, fan, router, self.per_run, cursor_key=cursor_key)
+        self.runs = RunsProxy(registry, self.pool, fan, self.per_run, cursor_key=cursor_key)
         self.analytics = AnalyticsProxy(
             registry, fan, exact_max_runs=config.exact_analytics_max_runs
         )
         self.streams = StreamsProxy(
-            registry, self.pool, fan, self.router, poll_interval_s=config.watch_poll_interval
+            registry, self.pool, fan, self.per_run, poll_interval_s=config.watch_poll_interval
         )
-        self.search = SearchProxy(registry, fan, self.router, cursor_key=cursor_key)
+        self.search = SearchProxy(registry, fan, cursor_key=cursor_key)
 
     def backends(self) -> Mapping[str, object]:
         """Each FlowWatch service's implementation, by service name."""

@@ -1,9 +1,13 @@
-"""Pure routing state for the gateway: which instance owns which run.
+"""Pure routing state for the gateway: which subsystems claim which run.
 
-Run-scoped rpcs (GetRun, RetryRun, ...) carry only a run id. Asking every instance
-each time is wasteful, so the gateway remembers owners it has already seen (from
-ListRuns answers and successful lookups) in a bounded least-recently-used cache.
-Workflow routing needs no state here: it is a lookup in the registry.
+Per-run rpcs (GetRun, CancelRun, ...) carry only a run id. A subsystem claims a run by
+listing it (ListRuns rows, WatchRuns events) or by answering GetRun for it. Claims
+are kept, never replaced: a second subsystem claiming a run makes the run contested,
+and a contested or unknown run is routed only after every connected subsystem was
+asked (proxy/per_run.py). So nobody wins a run by answering first or last.
+
+The table is a bounded least-recently-used map; workflow routing needs no state
+here: it is a lookup in the registry.
 """
 
 from __future__ import annotations
@@ -11,9 +15,14 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 
+__all__ = ["RunOwnerCache", "group_by_owner"]
+
+# Claimants kept per run: enough to show a conflict, bounded against a flood of them.
+MAX_CLAIMANTS = 4
+
 
 class RunOwnerCache:
-    """Bounded true-LRU map of run id -> instance id.
+    """Bounded true-LRU map of run id -> the subsystem ids that claim it.
 
     Both reads and writes refresh recency, so runs the UI keeps looking at stay
     cached while long ListRuns scans push out only runs nobody asked about again.
@@ -23,8 +32,8 @@ class RunOwnerCache:
         if capacity < 1:
             raise ValueError(f"RunOwnerCache capacity must be at least 1; got {capacity}")
         self._capacity = capacity
-        self._owners: OrderedDict[str, str] = OrderedDict()
-        # Lookups answered / not answered, for the gateway's metrics.
+        self._claims: OrderedDict[str, tuple[str, ...]] = OrderedDict()
+        # Lookups answered with one owner / not, for the gateway's metrics.
         self.hits = 0
         self.misses = 0
 
@@ -33,47 +42,77 @@ class RunOwnerCache:
         return self._capacity
 
     def get(self, run_id: str) -> str | None:
-        """The instance that owns run_id, or None; a hit makes the entry most recent."""
-        instance_id = self._owners.get(run_id)
-        if instance_id is not None:
+        """The one subsystem that claims run_id, or None (unknown or contested).
+
+        A hit makes the entry most recent.
+        """
+        claimants = self._claims.get(run_id)
+        if claimants is not None and len(claimants) == 1:
             self.hits += 1
-            self._owners.move_to_end(run_id)
+            self._claims.move_to_end(run_id)
+            return claimants[0]
+        self.misses += 1
+        return None
+
+    def claimants(self, run_id: str) -> tuple[str, ...]:
+        """Every subsystem known to claim run_id (without refreshing recency)."""
+        return self._claims.get(run_id, ())
+
+    def claim(self, run_id: str, instance_id: str) -> bool:
+        """Note that `instance_id` claims the run; True when that makes it contested."""
+        if not run_id:
+            return False
+        known = self._claims.get(run_id, ())
+        if instance_id in known:
+            self._claims.move_to_end(run_id)
+            return False
+        if len(known) < MAX_CLAIMANTS:
+            self._store(run_id, (*known, instance_id))
+        return bool(known)
+
+    def claim_many(self, instance_id: str, run_ids: Iterable[str]) -> list[str]:
+        """Note the subsystem's claim on each run; the run ids that became contested."""
+        return [run_id for run_id in run_ids if self.claim(run_id, instance_id)]
+
+    def claim_by_all(self, run_id: str, instance_ids: Iterable[str]) -> bool:
+        """Note several subsystems' claims on one run; True when one was new and made
+        the run contested."""
+        return any([self.claim(run_id, instance_id) for instance_id in sorted(instance_ids)])
+
+    def settle(self, run_id: str, instance_id: str) -> None:
+        """Every subsystem was asked and only `instance_id` claims the run."""
+        self._store(run_id, (instance_id,))
+
+    def disown(self, run_id: str, instance_id: str) -> None:
+        """`instance_id` answered that it does not have the run (not_found)."""
+        remaining = tuple(c for c in self._claims.get(run_id, ()) if c != instance_id)
+        if remaining:
+            self._claims[run_id] = remaining
         else:
-            self.misses += 1
-        return instance_id
+            self._claims.pop(run_id, None)
 
-    def put(self, run_id: str, instance_id: str) -> None:
-        """Remember (or move) a run's owner, evicting the least recently used entry if full."""
-        self._owners[run_id] = instance_id
-        self._owners.move_to_end(run_id)
-        while len(self._owners) > self._capacity:
-            self._owners.popitem(last=False)
-
-    def put_many(self, pairs: Iterable[tuple[str, str]]) -> None:
-        """Remember several (run id, instance id) pairs; later pairs end up most recent."""
-        for run_id, instance_id in pairs:
-            self.put(run_id, instance_id)
-
-    def forget(self, run_id: str) -> None:
-        """Drop one entry, e.g. after its owner answered not_found."""
-        self._owners.pop(run_id, None)
+    def _store(self, run_id: str, claimants: tuple[str, ...]) -> None:
+        self._claims[run_id] = claimants
+        self._claims.move_to_end(run_id)
+        while len(self._claims) > self._capacity:
+            self._claims.popitem(last=False)
 
     def __len__(self) -> int:
-        return len(self._owners)
+        return len(self._claims)
 
     def __contains__(self, run_id: object) -> bool:
         """Membership without refreshing recency (for tests and diagnostics)."""
-        return run_id in self._owners
+        return run_id in self._claims
 
 
 def group_by_owner(
     run_ids: Sequence[str], cache: RunOwnerCache
 ) -> tuple[dict[str, list[str]], list[str]]:
-    """Split run ids (e.g. of a bulk action) into per-owner batches and unknown ids.
+    """Split run ids (e.g. of a bulk action) into per-owner batches and the rest.
 
-    Returns ({instance id: run ids in request order}, run ids with no cached owner);
+    Returns ({instance id: run ids in request order}, run ids with no single claimant);
     each distinct id appears once, so one instance is never asked twice for a run.
-    The unknown ones must be resolved by asking every instance.
+    The rest must be looked up by asking every instance.
     """
     batches: dict[str, list[str]] = {}
     unknown: list[str] = []

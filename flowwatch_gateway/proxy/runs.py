@@ -3,15 +3,15 @@
 ListRuns fans out and merges by keyset: the cursor holds the last run's sort key
 (paging.py), each subsystem is read past it (run_reader.py), and a k-way merge picks
 the page (merge/runs.py). Every run handed out names its subsystem.
-The ten per-run rpcs are one table: each goes to the run's owner (router.py), and
-those that change state are never broadcast. Bulk actions are split by owner.
+The ten per-run rpcs are one table (per_run.py): each goes to the run's one owner,
+by the rules PerRunCalls keeps for both serving paths. Bulk actions are split by
+owner.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from connectrpc.code import Code
@@ -26,38 +26,16 @@ from flowwatch_gateway.gen.flowwatch.v1 import types_pb2 as types
 from flowwatch_gateway.proxy import paging
 from flowwatch_gateway.proxy.fanout import FanOut, gather, routed_error
 from flowwatch_gateway.proxy.merge import runs as run_merge
+from flowwatch_gateway.proxy.per_run import PER_RUN_RPCS, PerRunCalls, PerRunRpc
 from flowwatch_gateway.proxy.pool import UpstreamPool
-from flowwatch_gateway.proxy.router import Router
 from flowwatch_gateway.proxy.run_reader import MAX_PAGES, Page, Reading, read_after
 from flowwatch_gateway.proxy.upstream import UpstreamClients
 from flowwatch_gateway.registry.base import Registry, SubsystemInstance
 
-__all__ = ["PER_RUN_RPCS", "PerRunRpc", "RunsProxy"]
+__all__ = ["RunsProxy"]
 
 _NOT_CONNECTED = ConnectError(Code.UNAVAILABLE, "not connected")
 
-
-@dataclass(frozen=True)
-class PerRunRpc:
-    """A RunService rpc addressed by run id: its name and whether it changes state."""
-
-    name: str
-    method: str  # the generated client's method, e.g. "get_run_steps"
-    changes_state: bool
-
-
-PER_RUN_RPCS: tuple[PerRunRpc, ...] = (
-    PerRunRpc("GetRun", "get_run", changes_state=False),
-    PerRunRpc("GetRunSteps", "get_run_steps", changes_state=False),
-    PerRunRpc("GetRunTimeline", "get_run_timeline", changes_state=False),
-    PerRunRpc("GetRunLogs", "get_run_logs", changes_state=False),
-    PerRunRpc("RetryRun", "retry_run", changes_state=True),
-    PerRunRpc("RetryFromStep", "retry_from_step", changes_state=True),
-    PerRunRpc("CancelRun", "cancel_run", changes_state=True),
-    PerRunRpc("PauseRun", "pause_run", changes_state=True),
-    PerRunRpc("ResumeRun", "resume_run", changes_state=True),
-    PerRunRpc("SkipStep", "skip_step", changes_state=True),
-)
 
 PerRunHandler = Callable[[Any, CallContext], Awaitable[Message]]
 BulkCall = Callable[[UpstreamClients, list[str], int], Awaitable[Sequence[runs.BulkActionResult]]]
@@ -83,7 +61,7 @@ class RunsProxy:
         registry: Registry,
         pool: UpstreamPool,
         fan: FanOut,
-        router: Router,
+        calls: PerRunCalls,
         *,
         cursor_key: bytes,
     ) -> None:
@@ -94,26 +72,14 @@ class RunsProxy:
         registry.add_listener(self)
         self._pool = pool
         self._fan = fan
-        self._router = router
+        self._calls = calls
         for rpc in PER_RUN_RPCS:
             setattr(self, rpc.method, self._per_run_handler(rpc))
 
     # --- per-run calls ---------------------------------------------------------------
     def _per_run_handler(self, rpc: PerRunRpc) -> PerRunHandler:
         async def handle(request: Any, ctx: CallContext) -> Message:
-            async def call(c: UpstreamClients, timeout_ms: int) -> Message:
-                answer: Message = await getattr(c.runs, rpc.method)(request, timeout_ms=timeout_ms)
-                return answer
-
-            owner, answer = await self._router.on_run_owner(
-                rpc.name, request.run_id, ctx, call, locate_first=rpc.changes_state
-            )
-            if isinstance(answer, runs.GetRunResponse) and answer.HasField("run"):
-                run_merge.owned(answer.run, owner)
-            new_run_id = getattr(answer, "new_run_id", "")
-            if new_run_id:  # a retry's new run lives where the original did
-                self._router.owners.put(new_run_id, owner)
-            return answer
+            return await self._calls.call(rpc, request, ctx)
 
         handle.__name__ = rpc.method
         return handle
@@ -151,7 +117,7 @@ class RunsProxy:
                 )
                 answer = await c.runs.list_runs(upstream, timeout_ms=timeout_ms)
                 return Page(
-                    [run_merge.owned(run, c.instance_id) for run in answer.runs],
+                    [self._calls.stamp(run, c.instance_id) for run in answer.runs],
                     answer.pagination.next_cursor,
                     answer.pagination.total_count,
                 )
@@ -168,6 +134,8 @@ class RunsProxy:
             if reading.truncated:
                 ctx.add_partial_failure(instance_id, f"more than {MAX_PAGES} pages out of order")
         parts = {iid: reading.part for iid, reading in result.answers.items()}
+        for instance_id, part in parts.items():  # every row read is its sender's claim
+            self._calls.claim(instance_id, (run.id for run in part.runs))
         emitted, more = run_merge.merge_after(parts, limit, field, descending)
         total = (
             sum(reading.total_count for reading in result.answers.values())
@@ -180,8 +148,6 @@ class RunsProxy:
             next_cursor = paging.encode_cursor(
                 paging.ListRunsCursor(query, last, total), secret=self._secret
             )
-        for instance_id, run in emitted:
-            self._router.owners.put(run.id, instance_id)
         return runs.ListRunsResponse(
             runs=[run for _, run in emitted],
             pagination=types.PaginationResponse(next_cursor=next_cursor, total_count=total),
@@ -196,12 +162,12 @@ class RunsProxy:
 
     # --- bulk actions ----------------------------------------------------------------
     async def _bulk(
-        self, run_ids: Sequence[str], ctx: CallContext, call: BulkCall
+        self, rpc: str, run_ids: Sequence[str], ctx: CallContext, call: BulkCall
     ) -> list[runs.BulkActionResult]:
-        grouped, errors = await self._router.owners_of(run_ids, ctx)
+        grouped, errors = await self._calls.owners_of(rpc, run_ids, ctx)
         results: dict[str, runs.BulkActionResult] = {
-            run_id: runs.BulkActionResult(run_id=run_id, success=False, error=message)
-            for run_id, message in errors.items()
+            run_id: runs.BulkActionResult(run_id=run_id, success=False, error=exc.message)
+            for run_id, exc in errors.items()
         }
         budget = self._fan.budget(ctx)
         slots = asyncio.Semaphore(budget.concurrency)
@@ -221,10 +187,10 @@ class RunsProxy:
                     )
                 ctx.add_partial_failure(instance_id, reason)
                 return
+            asked = set(ids)
             for result in answered:
-                results[result.run_id] = result
-                if result.new_run_id:
-                    self._router.owners.put(result.new_run_id, instance_id)
+                if result.run_id in asked:  # an owner answers for the runs it was sent
+                    results[result.run_id] = result
 
         await asyncio.gather(*(on_instance(iid, ids) for iid, ids in grouped.items()))
         return run_merge.merge_bulk_results(run_ids, results)
@@ -240,7 +206,9 @@ class RunsProxy:
             )
             return list(answer.results)
 
-        return runs.BulkRetryResponse(results=await self._bulk(request.run_ids, ctx, call))
+        return runs.BulkRetryResponse(
+            results=await self._bulk("BulkRetry", request.run_ids, ctx, call)
+        )
 
     async def bulk_cancel(
         self, request: runs.BulkCancelRequest, ctx: CallContext
@@ -253,4 +221,6 @@ class RunsProxy:
             )
             return list(answer.results)
 
-        return runs.BulkCancelResponse(results=await self._bulk(request.run_ids, ctx, call))
+        return runs.BulkCancelResponse(
+            results=await self._bulk("BulkCancel", request.run_ids, ctx, call)
+        )

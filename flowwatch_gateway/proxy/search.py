@@ -26,7 +26,6 @@ from flowwatch_gateway.proxy.fanout import (
 )
 from flowwatch_gateway.proxy.merge import search as merge_search
 from flowwatch_gateway.proxy.paging import CursorError
-from flowwatch_gateway.proxy.router import Router
 from flowwatch_gateway.proxy.upstream import UpstreamClients
 from flowwatch_gateway.registry.base import Registry
 
@@ -38,13 +37,10 @@ T = TypeVar("T")
 class SearchProxy:
     """The gateway's SearchService."""
 
-    def __init__(
-        self, registry: Registry, fan: FanOut, router: Router, *, cursor_key: bytes
-    ) -> None:
+    def __init__(self, registry: Registry, fan: FanOut, *, cursor_key: bytes) -> None:
         self._registry = registry
         self._secret = cursor_key
         self._fan = fan
-        self._router = router
 
     async def _gather_search(
         self,
@@ -94,8 +90,6 @@ class SearchProxy:
             return await c.search.search(upstream, timeout_ms=timeout_ms)
 
         answers = await self._gather_search("Search", ctx, call)
-        for instance_id, answer in answers.items():
-            self._router.remember(instance_id, (r.run_id for r in answer.results))
         return merge_search.merge_search(answers, page, secret=self._secret)
 
     async def suggest(

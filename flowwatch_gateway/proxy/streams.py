@@ -32,9 +32,8 @@ from flowwatch_gateway.errors import describe_failure
 from flowwatch_gateway.gen.flowwatch.v1 import stream_service_pb2 as stream
 from flowwatch_gateway.proxy.fanout import FanOut, agreed_error, routed_error
 from flowwatch_gateway.proxy.merge import live
-from flowwatch_gateway.proxy.merge.runs import owned
+from flowwatch_gateway.proxy.per_run import PerRunCalls
 from flowwatch_gateway.proxy.pool import UpstreamPool
-from flowwatch_gateway.proxy.router import Router
 from flowwatch_gateway.proxy.run_watch import DEFAULT_POLL_INTERVAL_S, RunWatch
 from flowwatch_gateway.proxy.upstream import UpstreamClients
 from flowwatch_gateway.registry.base import Registry, SubsystemInstance
@@ -172,14 +171,14 @@ class StreamsProxy:
         registry: Registry,
         pool: UpstreamPool,
         fan: FanOut,
-        router: Router,
+        calls: PerRunCalls,
         *,
         poll_interval_s: float = DEFAULT_POLL_INTERVAL_S,
     ) -> None:
         self._registry = registry
         self._pool = pool
         self._fan = fan
-        self._router = router
+        self._calls = calls
         self._poll_interval_s = poll_interval_s
         self._watches: set[RunWatch] = set()
         registry.add_listener(self)
@@ -225,9 +224,8 @@ class StreamsProxy:
             while (found := await watch.next()) is not None:
                 instance_id, event = found
                 if event.HasField("run"):
-                    owned(event.run, instance_id)
-                if event.run.id:
-                    self._router.owners.put(event.run.id, instance_id)
+                    self._calls.stamp(event.run, instance_id)
+                    self._calls.claim(instance_id, (event.run.id,))
                 self._report_early_failures(watch.failures, ctx)
                 yield event
             self._report_early_failures(watch.failures, ctx)
@@ -239,10 +237,10 @@ class StreamsProxy:
     async def watch_run(
         self, request: stream.WatchRunRequest, ctx: CallContext
     ) -> AsyncIterator[stream.RunDetailEvent]:
-        owner = await self._router.locate_run("WatchRun", request.run_id, ctx)
-        clients = self._pool.get(owner)
-        if clients is None:  # removed while being probed
-            raise ConnectError(Code.UNAVAILABLE, f"subsystem {owner} is no longer connected")
+        clients = self._calls.owner_now(request.run_id)
+        if clients is None:
+            clients = (await self._calls.locate("WatchRun", request.run_id, ctx)).clients
+        owner = clients.instance_id
         timeout_ms = stream_timeout_ms(ctx)
 
         def open_stream(c: UpstreamClients) -> AsyncIterator[stream.RunDetailEvent]:

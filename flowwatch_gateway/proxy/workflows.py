@@ -20,8 +20,8 @@ from flowwatch_gateway.gen.flowwatch.v1 import types_pb2 as types
 from flowwatch_gateway.gen.flowwatch.v1 import workflow_service_pb2 as wf
 from flowwatch_gateway.proxy.fanout import FanOut, gather
 from flowwatch_gateway.proxy.merge import catalog, trace
-from flowwatch_gateway.proxy.merge.runs import owned
 from flowwatch_gateway.proxy.paging import CursorError
+from flowwatch_gateway.proxy.per_run import PerRunCalls
 from flowwatch_gateway.proxy.router import Router
 from flowwatch_gateway.proxy.upstream import UpstreamClients
 from flowwatch_gateway.registry.base import Registry, SubsystemInstance
@@ -33,7 +33,13 @@ class WorkflowsProxy:
     """The gateway's WorkflowService."""
 
     def __init__(
-        self, registry: Registry, fan: FanOut, router: Router, *, cursor_key: bytes
+        self,
+        registry: Registry,
+        fan: FanOut,
+        router: Router,
+        calls: PerRunCalls,
+        *,
+        cursor_key: bytes,
     ) -> None:
         self._registry = registry
         self._secret = cursor_key
@@ -42,6 +48,7 @@ class WorkflowsProxy:
         registry.add_listener(self)
         self._fan = fan
         self._router = router
+        self._calls = calls
 
     # --- registry listener -------------------------------------------------------------
     def subsystem_registered(self, instance: SubsystemInstance) -> None:
@@ -169,10 +176,9 @@ class WorkflowsProxy:
         answers = await self._fan.gather("GetTrace", ctx, call)
         for instance_id, answer in answers.items():
             for span in answer.spans:
-                span.subsystem_id = span.subsystem_id or instance_id
+                span.subsystem_id = self._calls.named_id(instance_id, span.subsystem_id)
                 if span.HasField("run"):
-                    owned(span.run, span.subsystem_id)
-            self._router.remember(instance_id, (span.run.id for span in answer.spans))
+                    self._calls.stamp(span.run, instance_id)
         merged = trace.merge_trace(request.trace_id, answers)
         if not merged.spans and not ctx.partial_failures:
             raise ConnectError(

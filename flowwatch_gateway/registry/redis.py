@@ -490,7 +490,7 @@ class RedisRegistry:
                 reader.cancel()
                 await asyncio.gather(reader, return_exceptions=True)
             with contextlib.suppress(Exception):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]
             if self._client_override is None:
                 with contextlib.suppress(Exception):
                     await client.aclose()

@@ -153,7 +153,7 @@ def create_app(
         endpoint_policy=register_service.endpoint_policy,
         interceptors=observability.upstream_interceptors,
     )
-    observability.watch_owner_cache(gateway.router.owners)
+    observability.watch_owner_cache(gateway.per_run.owners)
     registry.add_listener(register_service)
     if shared is not None:
         shared.disconnect_handler = register_service.disconnect
@@ -242,9 +242,7 @@ def create_app(
         # Per-run calls to a known owner as bytes; everything else takes the stack.
         app.front = Passthrough(
             app.stack,
-            owners=gateway.router.owners,
-            pool=gateway.pool,
-            upstream_timeout_s=config.upstream_timeout,
+            calls=gateway.per_run,
             sink=observability.metrics,
             envoy=envoy,
             cors=cors_middleware(app.stack, config=config),

@@ -12,28 +12,29 @@ can (envoy_leg.py), else over the shared pyqwest transport. The owner's answer g
 back as it is, with the headers the decoding path would send, CORS ones included.
 
 Everything else falls back, unchanged, to the stack and the decoding path (with the
-body read so far replayed): owner unknown or not connected, a codec other than
-Connect unary binary or JSON, a compressed request, GET requests, gRPC, streams,
+body read so far replayed): owner unknown, contested or not connected, a codec other
+than Connect unary binary or JSON, a compressed request, GET requests, gRPC, streams,
 anything that does not decode cleanly, an owner that could not be connected to,
-actions on a read-only gateway. Kept the same as on the decoding path:
+actions on a read-only gateway.
 
-- errors: an owner's answer keeps its code and message (`routed_error`); a call
-  that never got an answer is `unavailable`/`deadline_exceeded` naming the
-  subsystem; error bodies are written the way connectrpc writes them;
-- `not_found` from the cached owner: the entry is forgotten and the decoding path
-  looks everywhere, as it does itself;
-- bookkeeping: a GetRun answer whose run names no subsystem gets it filled in (the
-  answer is then decoded and encoded again), and a retry's `new_run_id` is
-  remembered as living with the owner;
-- deadlines: the owner gets the caller's deadline capped like every upstream call
-  (`upstream_timeout_ms`) in Connect-Timeout-Ms; no other header of the caller leaks;
+The rules of a per-run call are not kept here: who owns the run, what an answer
+must be and what it becomes, the deadline sent upstream and the error a caller sees
+are asked of the same PerRunCalls the decoding path uses (proxy/per_run.py). This
+layer only translates between ASGI and the upstream leg:
+
+- upstream, the request goes as binary protobuf whatever the caller sent, with the
+  deadline PerRunCalls gives in Connect-Timeout-Ms and no other header of the
+  caller's (trace headers when GATEWAY_TRACE_PROPAGATION is on);
+- the answer is decoded as the FlowWatch message it must be and encoded for the
+  caller as the decoding path would: a JSON caller gets what the schema allows, never
+  the subsystem's own JSON;
+- errors are written the way connectrpc writes them;
 - observation: counted as an API call to one subsystem and timed as an upstream
   call, as ObserveApiCalls and the upstream interceptor count the decoding path's;
-  trace headers forwarded when GATEWAY_TRACE_PROPAGATION is on;
 - CORS: the stack's own CORSMiddleware writes the headers of every answer to a
   browser (a request with Origin); for other callers, what it adds (a Vary) is asked
-  of it once per kind of answer and remembered, since asking cost about a tenth of
-  the gateway's Python time per call;
+  of it once per kind of answer and remembered, since asking it every time was a
+  large share of the gateway's time per call;
 - response compression: negotiated from Accept-Encoding as connectrpc's server does.
 """
 
@@ -62,13 +63,8 @@ from starlette.types import Message as AsgiMessage
 
 from flowwatch_gateway.api.context import CallContext
 from flowwatch_gateway.api.services import validate_request
-from flowwatch_gateway.errors import UpstreamUnreached
 from flowwatch_gateway.gen.flowwatch.v1 import run_service_pb2
-from flowwatch_gateway.proxy.fanout import routed_error, upstream_timeout_ms
-from flowwatch_gateway.proxy.merge.runs import owned
-from flowwatch_gateway.proxy.owners import RunOwnerCache
-from flowwatch_gateway.proxy.pool import UpstreamPool
-from flowwatch_gateway.proxy.runs import PER_RUN_RPCS
+from flowwatch_gateway.proxy.per_run import PER_RUN_BY_NAME, PER_RUN_RPCS, PerRunCalls
 from flowwatch_gateway.proxy.upstream import read_capped
 from flowwatch_gateway.serving.envoy_leg import EnvoyLeg, NeverSent
 from flowwatch_gateway.serving.observe import CallSink, UpstreamSink, trace_headers
@@ -96,8 +92,6 @@ class _Rpc:
     response: type[Message]
     # JSON request keys accepted without a full protojson parse (string fields only).
     string_keys: Mapping[str, str]
-    # Whether the answer carries a new run id to remember (retries).
-    new_run_id: bool
 
 
 def _rpc_table(*, read_only: bool) -> dict[str, _Rpc]:
@@ -121,7 +115,6 @@ def _rpc_table(*, read_only: bool) -> dict[str, _Rpc]:
             getattr(run_service_pb2, request.name),
             getattr(run_service_pb2, response.name),
             keys,
-            "new_run_id" in response.fields_by_name,
         )
     return table
 
@@ -166,9 +159,7 @@ class Passthrough:
         self,
         app: ASGIApp,
         *,
-        owners: RunOwnerCache,
-        pool: UpstreamPool,
-        upstream_timeout_s: float,
+        calls: PerRunCalls,
         sink: _Sink | None = None,
         envoy: EnvoyLeg | None = None,
         cors: CORSMiddleware | None = None,
@@ -177,9 +168,7 @@ class Passthrough:
     ) -> None:
         """`envoy`: send through the Envoy the app runs in (envoy_leg.py), else pyqwest."""
         self._app = app
-        self._owners = owners
-        self._pool = pool
-        self._timeout_s = upstream_timeout_s
+        self._calls = calls
         self._sink = sink
         self._envoy = envoy
         self._cors = cors
@@ -267,37 +256,35 @@ class Passthrough:
         await self._reply(call, status, _JSON_ERROR_HEADERS, wire.to_json_bytes())
 
     async def _pass(self, call: _Call, body: bytes) -> None:
-        rpc, content_type = call.rpc, call.content_type
-        request = _decode_request(rpc, content_type, body)
+        rpc = call.rpc
+        request = _decode_request(rpc, call.content_type, body)
         run_id: str = request.run_id  # type: ignore[attr-defined]
-        # Membership first: a miss is counted once, by the decoding path.
-        if run_id not in self._owners:
+        clients = self._calls.owner_now(run_id)
+        if clients is None:
             raise _Fallback
-        owner = self._owners.get(run_id)
-        clients = self._pool.connected_clients(owner) if owner else None
-        if owner is None or clients is None:
-            raise _Fallback
+        owner = clients.instance_id
         ctx = CallContext.with_timeout(_caller_timeout_s(call.deadline))
-        timeout_ms = upstream_timeout_ms(ctx, self._timeout_s)
+        timeout_ms = self._calls.timeout_ms(ctx)
         headers: dict[str | pyqwest.HTTPHeaderName, str] = {
-            "content-type": content_type,
+            "content-type": PROTO,
             "connect-protocol-version": "1",
             "connect-timeout-ms": str(timeout_ms),
             "accept-encoding": "identity",
         }
         headers.update(call.trace)
         url = f"{clients.endpoint.rstrip('/')}/{_SERVICE.full_name}/{rpc.name}"
+        upstream_body = body if call.content_type == PROTO else request.SerializeToString()
         started = time.monotonic()
         error: ConnectError | None = None
         try:
             if self._envoy is not None and self._envoy.serves(clients):
-                exchange = self._envoy.post(clients, url, headers, body, timeout_ms)
+                exchange = self._envoy.post(clients, url, headers, upstream_body, timeout_ms)
                 bound = None  # Envoy times the request itself
             else:
-                exchange = _post(clients.transport, url, headers, body)
+                exchange = _post(clients.transport, url, headers, upstream_body)
                 bound = timeout_ms
             status, answer_type, answer = await _bounded(exchange, bound)
-            error = _answer_error(status, answer_type, answer, content_type)
+            error = _answer_error(status, answer_type, answer)
         except ConnectError as exc:
             error = exc
         except NeverSent as exc:
@@ -305,40 +292,44 @@ class Passthrough:
             raise _Fallback from exc
         if self._sink is not None:
             self._sink.upstream_call(owner, rpc.name, error, time.monotonic() - started, unary=True)
-        if (
-            error is not None
-            and error.code == Code.NOT_FOUND
-            and not isinstance(error, UpstreamUnreached)
-        ):
-            self._owners.forget(run_id)  # the cache was wrong: the decoding path looks
-            raise _Fallback
+        refusal = None if error is None else self._calls.failed(owner, run_id, error)
+        if error is not None and refusal is None:
+            raise _Fallback  # the owner disowned the run: the decoding path looks again
         if self._sink is not None:
             self._sink.fanned_out(rpc.name, 1)  # as the stack's ObserveApiCalls counts calls
-        if error is None:
+        if refusal is None:
             try:
-                answer = self._bookkeeping(rpc, content_type, answer, owner)
-            except (DecodeError, ValueError) as exc:  # the generated client's decode fails too
-                error = ConnectError(Code.INTERNAL, str(exc))
-        if error is not None:
-            await self._send_error(call, routed_error(owner, error))
+                answer = self._answer(rpc, call.content_type, answer, owner, run_id)
+            except ConnectError as exc:
+                refusal = exc
+        if refusal is not None:
+            await self._send_error(call, refusal)
             return
         compression = negotiate_compression(call.accept, _COMPRESSIONS)
         head = (
-            (b"content-type", content_type.encode()),
+            (b"content-type", call.content_type.encode()),
             (b"content-encoding", compression.name().encode()),
             (b"vary", b"Accept-Encoding"),
         )
         await self._reply(call, 200, head, compression.compress(answer))
 
-    def _bookkeeping(self, rpc: _Rpc, content_type: str, answer: bytes, owner: str) -> bytes:
-        """What the decoding path does with an answer: fill subsystem_id, remember retries."""
+    def _answer(
+        self, rpc: _Rpc, content_type: str, answer: bytes, owner: str, run_id: str
+    ) -> bytes:
+        """The owner's binary answer as the decoding path would send it to this caller."""
+        try:
+            decoded = rpc.response.FromString(answer)
+        except DecodeError:
+            raise ConnectError(
+                Code.INTERNAL,
+                f"subsystem {owner} sent a {rpc.name} answer that is not a valid "
+                f"{rpc.response.DESCRIPTOR.name}",
+            ) from None
+        accepted = self._calls.accepted(PER_RUN_BY_NAME[rpc.name], owner, run_id, decoded)
+        if content_type == JSON:
+            return bytes(_JSON_CODEC.encode(accepted))
         if rpc.response is run_service_pb2.GetRunResponse:
-            return _owned_get_run(content_type, answer, owner)
-        if rpc.new_run_id:
-            decoded = _decode(rpc.response, content_type, answer)
-            new_run_id = getattr(decoded, "new_run_id", "")
-            if new_run_id:  # a retry's new run lives where the original did
-                self._owners.put(new_run_id, owner)
+            return accepted.SerializeToString()  # the run may now name its subsystem
         return answer
 
 
@@ -442,9 +433,7 @@ async def _post(
     return response.status, response.headers.get("content-type") or "", answer
 
 
-def _answer_error(
-    status: int, answer_type: str, answer: bytes, sent_type: str
-) -> ConnectError | None:
+def _answer_error(status: int, answer_type: str, answer: bytes) -> ConnectError | None:
     """The owner's answer as the generated client reads it: None for a usable message."""
     media_type = answer_type.split(";")[0].strip().lower()
     if status != 200:
@@ -457,37 +446,7 @@ def _answer_error(
         if isinstance(data, dict):
             return ConnectWireError.from_dict(data, status, Code.UNAVAILABLE).to_exception()
         return ConnectWireError.from_http_status(status).to_exception()
-    if media_type != sent_type:
+    if media_type != PROTO:
         code = Code.UNKNOWN if not media_type.startswith("application/") else Code.INTERNAL
-        return ConnectError(code, f"invalid content-type: '{media_type}'; expecting '{sent_type}'")
+        return ConnectError(code, f"invalid content-type: '{media_type}'; expecting '{PROTO}'")
     return None
-
-
-def _decode(message_type: type[Message], content_type: str, data: bytes) -> Message:
-    decoded: Message = (
-        message_type.FromString(data)
-        if content_type == PROTO
-        else _JSON_CODEC.decode(data, message_type)
-    )
-    return decoded
-
-
-def _encode(message: Message, content_type: str) -> bytes:
-    if content_type == PROTO:
-        return message.SerializeToString()
-    return _JSON_CODEC.encode(message)
-
-
-def _owned_get_run(content_type: str, answer: bytes, owner: str) -> bytes:
-    """The answer as is when its run names its subsystem (or there is no run), else filled."""
-    if content_type == JSON:
-        data = json.loads(answer)
-        run = data.get("run") if isinstance(data, dict) else None
-        if not isinstance(run, dict) or run.get("subsystemId"):
-            return answer
-    decoded = _decode(run_service_pb2.GetRunResponse, content_type, answer)
-    assert isinstance(decoded, run_service_pb2.GetRunResponse)  # typed above
-    if not decoded.HasField("run") or decoded.run.subsystem_id:
-        return answer
-    owned(decoded.run, owner)
-    return _encode(decoded, content_type)

@@ -273,10 +273,18 @@ async def test_workflows_route_by_index_and_collisions_stay_distinct(stack: Stac
         workflow_service_pb2.GetGraphRequest(workflow_id="orders-intake")
     )
     assert graph.graph.workflow_id == "orders-intake" and graph.graph.nodes
-    got = await client.get_workflow(
-        workflow_service_pb2.GetWorkflowRequest(workflow_id="health-check")
+    # Every demo subsystem defines a health-check of its own: its graphs agree, so
+    # GetGraph answers; its definitions differ (owners), so GetWorkflow is a conflict.
+    shared = await client.get_graph(
+        workflow_service_pb2.GetGraphRequest(workflow_id="health-check")
     )
-    assert got.workflow.id == "health-check"
+    assert shared.graph.workflow_id == "health-check"
+    with pytest.raises(ConnectError) as differing:
+        await client.get_workflow(
+            workflow_service_pb2.GetWorkflowRequest(workflow_id="health-check")
+        )
+    assert differing.value.code == Code.FAILED_PRECONDITION
+    assert "orders, payments and shipping" in differing.value.message
     with pytest.raises(ConnectError) as missing:
         await client.get_workflow(workflow_service_pb2.GetWorkflowRequest(workflow_id="nope"))
     assert missing.value.code == Code.NOT_FOUND

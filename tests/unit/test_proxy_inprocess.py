@@ -8,116 +8,26 @@ tests in tests/e2e cover the real leg.
 
 from __future__ import annotations
 
-import asyncio
-import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, MutableMapping
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from typing import Any
 
-import pyqwest
 import pytest
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
-from pyqwest.testing import ASGITransport
 
 from flowwatch_gateway.api.context import PARTIAL_FAILURE_HEADER, CallContext
 from flowwatch_gateway.config import GatewayConfig
-from flowwatch_gateway.demo.app import create_demo_app
 from flowwatch_gateway.demo.engine import InMemoryEngine
-from flowwatch_gateway.gen.flowwatch.v1 import gateway_service_pb2, types_pb2
 from flowwatch_gateway.gen.flowwatch.v1 import run_service_pb2 as runs
+from flowwatch_gateway.gen.flowwatch.v1 import types_pb2
 from flowwatch_gateway.gen.flowwatch.v1 import workflow_service_pb2 as wf
 from flowwatch_gateway.proxy.gateway import Gateway
-from flowwatch_gateway.proxy.upstream import GuardedTransport, HttpMode, UpstreamClients
+from flowwatch_gateway.proxy.upstream import HttpMode, UpstreamClients
 from flowwatch_gateway.registry.memory import InMemoryRegistry
+from tests.support.inprocess import Stack, Subsystem, probed, register
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 RUNS_EACH = 40
-
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-
-@dataclass
-class Subsystem:
-    """One in-process demo subsystem and what it was asked."""
-
-    engine: InMemoryEngine
-    calls: list[str] = field(default_factory=list)
-    # rpc path -> seconds to wait before answering (a slow subsystem)
-    delays: dict[str, float] = field(default_factory=dict)
-    # rpc path -> (Connect code, message) to answer with instead of the engine
-    answers: dict[str, tuple[str, str]] = field(default_factory=dict)
-    down: bool = False  # connections are refused
-
-    def transport(self) -> pyqwest.Transport:
-        """The gateway's guarded transport in front of this subsystem's app, in-process."""
-        return GuardedTransport(_Refusable(self, ASGITransport(self.app())), None)
-
-    def app(self) -> ASGIApp:
-        inner = create_demo_app(self.engine)
-
-        async def app(scope: Scope, receive: Receive, send: Send) -> None:
-            if scope["type"] == "http":
-                rpc = scope["path"].rsplit("/", 1)[-1]
-                self.calls.append(rpc)
-                if rpc in self.answers:
-                    await _connect_error(send, *self.answers[rpc])
-                    return
-                await asyncio.sleep(self.delays.get(rpc, 0.0))
-            await inner(scope, receive, send)
-
-        return app
-
-
-@dataclass
-class _Refusable:
-    """Refuses connections while the subsystem is down, as a dead process's port does."""
-
-    subsystem: Subsystem
-    inner: ASGITransport
-
-    async def execute(self, request: pyqwest.Request) -> pyqwest.Response:
-        if self.subsystem.down:
-            raise ConnectionRefusedError(111, "Connection refused")
-        return await self.inner.execute(request)
-
-
-async def _connect_error(send: Send, code: str, message: str) -> None:
-    body = json.dumps({"code": code, "message": message}).encode()
-    status = {"internal": 500, "invalid_argument": 400, "failed_precondition": 400}.get(code, 500)
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [(b"content-type", b"application/json")],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
-
-
-@dataclass
-class Stack:
-    gateway: Gateway
-    registry: InMemoryRegistry
-    subsystems: dict[str, Subsystem]
-
-    def ctx(self, timeout: float | None = 5.0) -> CallContext:
-        return CallContext.with_timeout(timeout)
-
-
-def _register(registry: InMemoryRegistry, subsystem_id: str) -> None:
-    registry.register(
-        gateway_service_pb2.RegisterRequest(
-            subsystem_id=subsystem_id,
-            flowwatch_endpoint=f"http://{subsystem_id}.test",
-            capabilities=types_pb2.Capabilities(),
-            workflows=[types_pb2.WorkflowDefinition(id=f"wf-{subsystem_id}")],
-        )
-    )
 
 
 @pytest.fixture
@@ -134,25 +44,12 @@ async def stack() -> AsyncIterator[Stack]:
     registry = InMemoryRegistry()
     gateway = Gateway(registry, GatewayConfig(upstream_timeout=2.0), connect=connect)
     for name in subsystems:
-        _register(registry, name)
-    await _probed(subsystems.values())
+        register(registry, name)
+    await probed(subsystems.values())
     try:
         yield Stack(gateway, registry, subsystems)
     finally:
         await gateway.aclose()
-
-
-async def _probed(subsystems: Iterable[Subsystem]) -> None:
-    """Wait for the pool's background probe of each subsystem, then forget it was asked."""
-    pending = list(subsystems)
-    for _ in range(500):
-        if all("GetCapabilities" in s.calls for s in pending):
-            break
-        await asyncio.sleep(0.01)
-    else:
-        raise AssertionError("the pool never probed every subsystem")
-    for s in pending:
-        s.calls.clear()
 
 
 def _partial_failures(ctx: CallContext) -> str:
@@ -262,7 +159,7 @@ async def test_a_removed_owner_is_not_asked_even_while_cached(stack: Stack) -> N
     orders = stack.subsystems["orders"]
     run_id = orders.engine.data.runs[0].id
     await stack.gateway.runs.get_run(runs.GetRunRequest(run_id=run_id), stack.ctx())
-    assert stack.gateway.router.owners.get(run_id) == "orders"
+    assert stack.gateway.per_run.owners.get(run_id) == "orders"
 
     stack.registry.deregister("orders")
     orders.calls.clear()
@@ -281,7 +178,7 @@ async def test_the_owners_own_error_reaches_the_caller_with_its_code_and_words(
     """Go subsystems answer every refusal as internal; the words are what matter."""
     owner = stack.subsystems["orders"]
     run = owner.engine.data.runs[0]
-    stack.gateway.router.owners.put(run.id, "orders")
+    stack.gateway.per_run.owners.claim(run.id, "orders")
     owner.answers["CancelRun"] = ("internal", "invalid RunState: from Completed | to Cancelled")
 
     with pytest.raises(ConnectError) as refused:
@@ -294,7 +191,7 @@ async def test_the_owners_own_error_reaches_the_caller_with_its_code_and_words(
 @pytest.mark.anyio
 async def test_an_unreachable_owner_is_named_in_the_gateways_words(stack: Stack) -> None:
     run = stack.subsystems["orders"].engine.data.runs[0]
-    stack.gateway.router.owners.put(run.id, "orders")
+    stack.gateway.per_run.owners.claim(run.id, "orders")
     stack.subsystems["orders"].down = True
 
     with pytest.raises(ConnectError) as unreachable:

@@ -1,4 +1,4 @@
-"""RunOwnerCache is a true LRU (reads refresh recency) with a hard capacity."""
+"""RunOwnerCache: claims are kept, never replaced; a true LRU with a hard capacity."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from flowwatch_gateway.proxy.owners import RunOwnerCache, group_by_owner
+from flowwatch_gateway.proxy.owners import MAX_CLAIMANTS, RunOwnerCache, group_by_owner
 
 
 def test_capacity_must_be_positive() -> None:
@@ -14,20 +14,62 @@ def test_capacity_must_be_positive() -> None:
         RunOwnerCache(0)
 
 
-def test_get_returns_owner_and_none_for_unknown() -> None:
+def test_get_returns_the_one_claimant_and_none_for_unknown() -> None:
     cache = RunOwnerCache(4)
-    cache.put("run-1", "orders")
+    cache.claim("run-1", "orders")
     assert cache.get("run-1") == "orders"
     assert cache.get("run-2") is None
 
 
+def test_a_second_claimant_makes_a_run_contested_and_never_replaces_the_first() -> None:
+    cache = RunOwnerCache(4)
+    assert cache.claim("run-1", "orders") is False
+    assert cache.claim("run-1", "orders") is False  # the same claim again changes nothing
+    assert cache.claim("run-1", "attacker") is True
+    assert cache.get("run-1") is None  # contested: nobody is routed to
+    assert cache.claimants("run-1") == ("orders", "attacker")
+    assert cache.claim("run-1", "orders") is False
+
+
+def test_claimants_per_run_are_bounded() -> None:
+    cache = RunOwnerCache(4)
+    for number in range(MAX_CLAIMANTS + 5):
+        cache.claim("run-1", f"s{number}")
+    assert len(cache.claimants("run-1")) == MAX_CLAIMANTS
+
+
+def test_settle_leaves_the_one_owner_a_lookup_found() -> None:
+    cache = RunOwnerCache(4)
+    cache.claim("run-1", "orders")
+    cache.claim("run-1", "attacker")
+    cache.settle("run-1", "orders")
+    assert cache.get("run-1") == "orders"
+
+
+def test_claim_by_all_says_whether_a_new_claim_made_it_contested() -> None:
+    cache = RunOwnerCache(4)
+    assert cache.claim_by_all("run-1", ["b", "a"]) is True
+    assert cache.claim_by_all("run-1", ["a", "b"]) is False
+    assert cache.claimants("run-1") == ("a", "b")
+
+
+def test_disown_drops_one_claimant_and_the_entry_with_the_last() -> None:
+    cache = RunOwnerCache(4)
+    cache.claim("run-1", "orders")
+    cache.claim("run-1", "attacker")
+    cache.disown("run-1", "attacker")
+    assert cache.get("run-1") == "orders"
+    cache.disown("run-1", "orders")
+    assert "run-1" not in cache
+
+
 def test_eviction_is_least_recently_used_not_least_recently_inserted() -> None:
     cache = RunOwnerCache(3)
-    cache.put("a", "i1")
-    cache.put("b", "i1")
-    cache.put("c", "i2")
+    cache.claim("a", "i1")
+    cache.claim("b", "i1")
+    cache.claim("c", "i2")
     assert cache.get("a") == "i1"  # a is now the most recently used
-    cache.put("d", "i2")  # must evict b, the least recently used
+    cache.claim("d", "i2")  # must evict b, the least recently used
     assert "b" not in cache
     assert cache.get("a") == "i1"
     assert cache.get("c") == "i2"
@@ -35,38 +77,26 @@ def test_eviction_is_least_recently_used_not_least_recently_inserted() -> None:
     assert len(cache) == 3
 
 
-def test_put_of_existing_key_refreshes_and_updates_owner() -> None:
-    cache = RunOwnerCache(2)
-    cache.put("a", "i1")
-    cache.put("b", "i1")
-    cache.put("a", "i2")
-    cache.put("c", "i1")  # evicts b
-    assert "b" not in cache
-    assert cache.get("a") == "i2"
+def test_empty_run_ids_are_never_claimed() -> None:
+    cache = RunOwnerCache(3)
+    assert cache.claim_many("orders", ["", "a"]) == []
+    assert "" not in cache
 
 
-def test_put_many_and_forget() -> None:
+def test_group_by_owner_batches_known_and_lists_the_rest_once() -> None:
     cache = RunOwnerCache(10)
-    cache.put_many([("a", "i1"), ("b", "i2"), ("c", "i1")])
-    assert len(cache) == 3
-    assert cache.get("b") == "i2"
-    cache.forget("b")
-    assert cache.get("b") is None
-    assert len(cache) == 2
-
-
-def test_group_by_owner_batches_known_and_lists_unknown_once() -> None:
-    cache = RunOwnerCache(10)
-    cache.put_many([("a", "i1"), ("b", "i2"), ("c", "i1")])
-    batches, unknown = group_by_owner(["c", "x", "a", "b", "x", "a"], cache)
+    cache.claim_many("i1", ["a", "c"])
+    cache.claim_many("i2", ["b", "y"])
+    assert cache.claim_many("i1", ["y"]) == ["y"]
+    batches, unknown = group_by_owner(["c", "x", "a", "b", "x", "a", "y"], cache)
     assert batches == {"i1": ["c", "a"], "i2": ["b"]}
-    assert unknown == ["x"]
+    assert unknown == ["x", "y"]
 
 
 @given(
     capacity=st.integers(min_value=1, max_value=6),
     ops=st.lists(
-        st.tuples(st.sampled_from(["get", "put"]), st.integers(0, 9), st.integers(0, 2)),
+        st.tuples(st.sampled_from(["get", "settle"]), st.integers(0, 9), st.integers(0, 2)),
         max_size=60,
     ),
 )
@@ -82,7 +112,7 @@ def test_matches_a_reference_lru(capacity: int, ops: list[tuple[str, int, int]])
                 reference.remove(found)
                 reference.append(found)
         else:
-            cache.put(key, owner)
+            cache.settle(key, owner)
             if found:
                 reference.remove(found)
             reference.append((key, owner))
