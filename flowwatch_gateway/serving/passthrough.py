@@ -63,6 +63,7 @@ from starlette.types import Message as AsgiMessage
 
 from flowwatch_gateway.api.context import CallContext
 from flowwatch_gateway.api.services import validate_request
+from flowwatch_gateway.errors import UpstreamUnreached
 from flowwatch_gateway.gen.flowwatch.v1 import run_service_pb2
 from flowwatch_gateway.proxy.per_run import PER_RUN_BY_NAME, PER_RUN_RPCS, PerRunCalls
 from flowwatch_gateway.proxy.upstream import read_capped
@@ -325,11 +326,12 @@ class Passthrough:
                 f"subsystem {owner} sent a {rpc.name} answer that is not a valid "
                 f"{rpc.response.DESCRIPTOR.name}",
             ) from None
+        named = _run_subsystem(decoded)
         accepted = self._calls.accepted(PER_RUN_BY_NAME[rpc.name], owner, run_id, decoded)
         if content_type == JSON:
             return bytes(_JSON_CODEC.encode(accepted))
-        if rpc.response is run_service_pb2.GetRunResponse:
-            return accepted.SerializeToString()  # the run may now name its subsystem
+        if _run_subsystem(accepted) != named:
+            return accepted.SerializeToString()  # the run now names its subsystem
         return answer
 
 
@@ -417,8 +419,9 @@ async def _bounded(
         raise ConnectError(Code.DEADLINE_EXCEEDED, "Request timed out") from exc
     except (ConnectError, NeverSent):
         raise
-    except Exception as exc:  # what the generated client turns into unavailable
-        raise ConnectError(Code.UNAVAILABLE, str(exc)) from exc
+    except Exception as exc:  # no answer came: the caller hears it in the gateway's words
+        log.debug("passthrough exchange failed: %s", exc)
+        raise UpstreamUnreached(Code.UNAVAILABLE, "could not reach the subsystem") from exc
 
 
 async def _post(
@@ -431,6 +434,13 @@ async def _post(
     response = await transport.execute(pyqwest.Request("POST", url, pyqwest.Headers(headers), body))
     answer = await read_capped(response)
     return response.status, response.headers.get("content-type") or "", answer
+
+
+def _run_subsystem(answer: Message) -> str | None:
+    """The subsystem a GetRun answer's run names (None for other answers)."""
+    if isinstance(answer, run_service_pb2.GetRunResponse):
+        return answer.run.subsystem_id
+    return None
 
 
 def _answer_error(status: int, answer_type: str, answer: bytes) -> ConnectError | None:
