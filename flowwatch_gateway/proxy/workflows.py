@@ -134,6 +134,8 @@ class WorkflowsProxy:
         result.report(ctx, "ListSubsystems")
         now = datetime.now(UTC)
         for instance_id, answer in result.answers.items():
+            for summary in answer.subsystems:  # nobody speaks for another registration
+                summary.subsystem.id = self._calls.named_id(instance_id, summary.subsystem.id)
             self._last_seen[instance_id] = (now, answer)
         views = [v for v in self._instance_views() if only is None or v.instance_id == only]
         remembered = {

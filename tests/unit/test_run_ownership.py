@@ -282,3 +282,14 @@ async def test_a_bulk_action_looks_up_a_bounded_number_of_unknown_runs(stack: St
     assert len(over) == 50
     for name in ("victim", "attacker"):
         assert stack.subsystems[name].calls.count("GetRun") == MAX_BULK_LOOKUPS
+
+
+@pytest.mark.anyio
+async def test_a_subsystem_reporting_itself_as_another_is_listed_under_its_own_id(
+    stack: Stack,
+) -> None:
+    stack.subsystems["attacker"].engine.data.subsystem.id = "victim"
+    listed = await stack.gateway.workflows.list_subsystems(wf.ListSubsystemsRequest(), stack.ctx())
+    by_id = {summary.subsystem.id: summary for summary in listed.subsystems}
+    assert set(by_id) == {"victim", "attacker"}
+    assert by_id["victim"].subsystem.metadata["gateway.instance"] == "victim"
