@@ -33,6 +33,7 @@ from pyvoy import LogLevel, PyvoyServer, StartupError
 from flowwatch_gateway import exit_guard
 from flowwatch_gateway.config import GatewayConfig
 from flowwatch_gateway.serving.control import CONTROL_SOCKET_ENV, request_drain
+from flowwatch_gateway.serving.envoy_admin import PrivateAdminPyvoyServer
 from flowwatch_gateway.serving.envoy_leg import ENVOY_LEG_ENV, envoy_clusters
 from flowwatch_gateway.serving.logs import configure_logging
 
@@ -79,8 +80,8 @@ def tune_envoy_config(config: dict[str, Any], *, heartbeat: float) -> dict[str, 
     return config
 
 
-class GatewayEnvoyServer(PyvoyServer):
-    """PyvoyServer with the Envoy tuning Register streams need."""
+class GatewayEnvoyServer(PrivateAdminPyvoyServer):
+    """pyvoy with the Envoy tuning Register streams need, admin on a private socket."""
 
     def __init__(self, app: str, *, heartbeat: float, **kwargs: Any) -> None:
         super().__init__(app, **kwargs)
@@ -91,9 +92,13 @@ class GatewayEnvoyServer(PyvoyServer):
 
 
 def envoy_server(config: GatewayConfig, control_socket: str) -> GatewayEnvoyServer:
-    """The Envoy child for `config`: HTTP/1.1 + h2c on one port, or TLS with ALPN h2."""
+    """The Envoy child for `config`: HTTP/1.1 + h2c on one port, or TLS with ALPN h2.
+
+    The control socket's directory is private; Envoy's admin socket goes there too.
+    """
     return GatewayEnvoyServer(
         ASGI_APP,
+        private_dir=str(Path(control_socket).parent),
         heartbeat=config.heartbeat,
         address=config.host,
         port=config.port,
