@@ -99,6 +99,8 @@ class PrivateAdminPyvoyServer(PyvoyServer):
         config: dict[str, Any] = super().get_envoy_config()
         config["admin"] = {
             "address": {"pipe": {"path": self.admin_socket, "mode": ADMIN_SOCKET_MODE}},
+            # Start-up must reach it even when clients hold every allowed connection.
+            "ignore_global_conn_limit": True,
         }
         return config
 
