@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
-from flowwatch_gateway.config import ConfigError, GatewayConfig
+from flowwatch_gateway.config import ConfigError, GatewayConfig, parse_go_duration
 from flowwatch_gateway.serving.envoy_admin import ADMIN_SOCKET_MODE
 from flowwatch_gateway.serving.server import (
     ListenerLimits,
@@ -14,6 +16,8 @@ from flowwatch_gateway.serving.server import (
     stream_idle_timeout,
     uvicorn_limits,
 )
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_defaults_and_settings_from_env_and_flags() -> None:
@@ -95,3 +99,13 @@ def test_stream_idle_timeout_stays_above_the_heartbeat() -> None:
 def test_uvicorn_gets_the_cap_and_the_idle_timeout() -> None:
     limits = ListenerLimits(request_header_timeout=2.0, idle_timeout=3.0, max_connections=50)
     assert uvicorn_limits(limits) == {"limit_concurrency": 50, "timeout_keep_alive": 3.0}
+
+
+def test_the_deployed_balancer_retires_idle_connections_before_the_gateway_does() -> None:
+    envoy = yaml.safe_load((ROOT / "deploy" / "envoy.yaml").read_text())
+    (cluster,) = envoy["static_resources"]["clusters"]
+    options = cluster["typed_extension_protocol_options"][
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+    ]
+    idle = parse_go_duration(options["common_http_protocol_options"]["idle_timeout"])
+    assert idle < GatewayConfig().idle_timeout
