@@ -28,6 +28,7 @@ from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 
 from flowwatch_gateway.processes import free_port
+from flowwatch_gateway.serving.envoy_admin import admin_get
 from tests.support.harness import (
     GatewayProcess,
     list_subsystems,
@@ -114,6 +115,8 @@ async def test_no_registered_endpoint_reaches_envoy_admin_and_the_gateway_stays_
         assert stat.S_IMODE(admin.stat().st_mode) == 0o600
         directory = admin.parent.stat()
         assert directory.st_uid == os.getuid() and stat.S_IMODE(directory.st_mode) == 0o700
+        # Still there for the gateway's own user.
+        assert admin_get(str(admin), "/ready").strip() == b"LIVE"
 
         hostile_suffixes = ("/quitquitquit#", "/quitquitquit?", "/quitquitquit%3F", "/logging#")
         # Every listening port, and Envoy's usual admin port in case something is there.
