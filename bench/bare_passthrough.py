@@ -16,11 +16,12 @@ import asyncio
 import os
 import signal
 import sys
+import tempfile
 
 import pyqwest
-from pyvoy import PyvoyServer
 from starlette.types import Receive, Scope, Send
 
+from flowwatch_gateway.serving.envoy_admin import PrivateAdminPyvoyServer
 from flowwatch_gateway.serving.envoy_leg import CLUSTERS, DESTINATION_HEADER, envoy_clusters
 
 DESTINATION_ENV = "BARE_PASSTHROUGH_DESTINATION"
@@ -60,8 +61,14 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
 
 
 async def serve(port: int, destination: str) -> int:
-    server = PyvoyServer(
+    with tempfile.TemporaryDirectory(prefix="bare-passthrough-") as private_dir:
+        return await _serve(port, destination, private_dir)
+
+
+async def _serve(port: int, destination: str, private_dir: str) -> int:
+    server = PrivateAdminPyvoyServer(
         "bare_passthrough:app",  # this file; bench/ is on the path pyvoy hands to Envoy
+        private_dir=private_dir,
         address="127.0.0.1",
         port=port,
         worker_threads=1,  # as the gateway

@@ -126,6 +126,10 @@ class GatewayConfig:
     trace_propagation: bool = False
     # Per-run calls to a known owner as bytes (serving/passthrough.py); false: decode all.
     passthrough: bool = True
+    # The listener against slow and idle clients (serving/server.py applies them).
+    request_header_timeout: float = 10.0
+    idle_timeout: float = 120.0
+    max_connections: int = 10_000
 
     def __post_init__(self) -> None:
         _check(1 <= self.port <= 65535, "port", self.port, "must be between 1 and 65535")
@@ -161,6 +165,16 @@ class GatewayConfig:
             "exact_analytics_max_runs",
             self.exact_analytics_max_runs,
             "must be at least 1",
+        )
+        _check(
+            self.request_header_timeout > 0,
+            "request_header_timeout",
+            self.request_header_timeout,
+            "must be greater than 0",
+        )
+        _check(self.idle_timeout > 0, "idle_timeout", self.idle_timeout, "must be greater than 0")
+        _check(
+            self.max_connections > 0, "max_connections", self.max_connections, "must be at least 1"
         )
         _check(self.server in SERVER_KINDS, "server", self.server, "must be pyvoy or uvicorn")
         _check(
@@ -261,6 +275,9 @@ class GatewayConfig:
             "GATEWAY_LOG_FORMAT": self.log_format,
             "GATEWAY_TRACE_PROPAGATION": "true" if self.trace_propagation else "false",
             "GATEWAY_PASSTHROUGH": "true" if self.passthrough else "false",
+            "GATEWAY_REQUEST_HEADER_TIMEOUT": format_go_duration(self.request_header_timeout),
+            "GATEWAY_IDLE_TIMEOUT": format_go_duration(self.idle_timeout),
+            "GATEWAY_MAX_CONNECTIONS": str(self.max_connections),
         }
         return env
 
@@ -669,5 +686,32 @@ SETTINGS: tuple[Setting, ...] = (
         "call is decoded and encoded again (the same answers, more work)",
         _bool_field("passthrough"),
         ("passthrough",),
+    ),
+    Setting(
+        "GATEWAY_REQUEST_HEADER_TIMEOUT",
+        "--request-header-timeout",
+        "10s",
+        "longest a client may take to send a request's headers once it has begun; then "
+        "its connection is closed (pyvoy only; Go duration)",
+        _duration_field("request_header_timeout", allow_zero=False),
+        ("request_header_timeout",),
+    ),
+    Setting(
+        "GATEWAY_IDLE_TIMEOUT",
+        "--idle-timeout",
+        "2m",
+        "a client connection with no request in progress is closed after this long; open "
+        "streams such as Register are never cut by it (Go duration)",
+        _duration_field("idle_timeout", allow_zero=False),
+        ("idle_timeout",),
+    ),
+    Setting(
+        "GATEWAY_MAX_CONNECTIONS",
+        "--max-connections",
+        "10000",
+        "most client connections open at once; further ones are refused (every subsystem "
+        "holds one for its Register stream)",
+        _positive_int_field("max_connections"),
+        ("max_connections",),
     ),
 )

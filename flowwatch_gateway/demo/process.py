@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-from pyvoy import PyvoyServer
 from starlette.applications import Starlette
 
 from flowwatch_gateway import Backoff, ClientOptions, connect_to_gateway, exit_guard
@@ -31,6 +30,7 @@ from flowwatch_gateway.config import format_go_duration, parse_go_duration
 from flowwatch_gateway.demo.app import create_demo_app
 from flowwatch_gateway.demo.engine import InMemoryEngine
 from flowwatch_gateway.serving.control import CONTROL_SOCKET_ENV, serve_control_socket
+from flowwatch_gateway.serving.envoy_admin import PrivateAdminPyvoyServer
 from flowwatch_gateway.serving.server import supervise_envoy
 
 log = logging.getLogger(__name__)
@@ -179,10 +179,14 @@ def create_subsystem_app(
 # --- the supervising process ---------------------------------------------------------------
 
 
-def envoy_server(settings: SubsystemSettings, control_socket: str) -> PyvoyServer:
-    """Envoy serving the demo app on one port: HTTP/1.1 and h2c."""
-    return PyvoyServer(
+def envoy_server(settings: SubsystemSettings, control_socket: str) -> PrivateAdminPyvoyServer:
+    """Envoy serving the demo app on one port: HTTP/1.1 and h2c.
+
+    The control socket's directory is private; Envoy's admin socket goes there too.
+    """
+    return PrivateAdminPyvoyServer(
         ASGI_APP,
+        private_dir=str(Path(control_socket).parent),
         address=settings.host,
         port=settings.port,
         lifespan=True,

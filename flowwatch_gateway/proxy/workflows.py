@@ -25,6 +25,7 @@ from flowwatch_gateway.proxy.per_run import PerRunCalls
 from flowwatch_gateway.proxy.router import Router
 from flowwatch_gateway.proxy.upstream import UpstreamClients
 from flowwatch_gateway.registry.base import Registry, SubsystemInstance
+from flowwatch_gateway.urls import redact_url
 
 __all__ = ["WorkflowsProxy"]
 
@@ -98,7 +99,7 @@ class WorkflowsProxy:
                 instance_id=inst.id,
                 name=inst.name,
                 description=inst.description,
-                endpoint=inst.endpoint,
+                endpoint=redact_url(inst.endpoint),
                 state=inst.state,
                 last_heartbeat=inst.last_heartbeat,
                 stale_since=inst.stale_since,

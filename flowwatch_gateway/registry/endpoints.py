@@ -31,6 +31,8 @@ from urllib.parse import urlsplit
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 
+from flowwatch_gateway.urls import redact_url
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -320,7 +322,8 @@ class EndpointChecker:
         known = self._fresh(endpoint) or self._literal_verdict(endpoint)
         refusal, dial = known or self._remember(endpoint, await _checked(self.policy, endpoint))
         if refusal is not None:
-            raise ConnectError(Code.PERMISSION_DENIED, f"endpoint {endpoint} is refused: {refusal}")
+            shown = redact_url(endpoint)
+            raise ConnectError(Code.PERMISSION_DENIED, f"endpoint {shown} is refused: {refusal}")
         return dial
 
     def dial_address_now(self, endpoint: str) -> str | None:

@@ -27,6 +27,7 @@ from flowwatch_gateway.registry.base import (
     SubsystemInstance,
     SystemClock,
 )
+from flowwatch_gateway.urls import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +122,7 @@ class HealthMonitor:
                 "subsystem stale: id=%s name=%s endpoint=%s reason=no pong for %.1fs",
                 instance.id,
                 instance.name,
-                instance.endpoint,
+                redact_url(instance.endpoint),
                 self.stale_after,
                 extra=instance.log_fields,
             )
@@ -130,7 +131,7 @@ class HealthMonitor:
                 "subsystem removed: id=%s name=%s endpoint=%s reason=stale for %.1fs",
                 instance.id,
                 instance.name,
-                instance.endpoint,
+                redact_url(instance.endpoint),
                 self._grace_period,
                 extra=instance.log_fields,
             )

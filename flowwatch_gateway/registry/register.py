@@ -42,6 +42,7 @@ from flowwatch_gateway.registry.validation import (
     validate_register_request,
 )
 from flowwatch_gateway.timers import call_on_grid, wake
+from flowwatch_gateway.urls import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -262,7 +263,7 @@ class RegisterService(gateway_service_connect.GatewayService):
             "subsystem registered: id=%s name=%s endpoint=%s registration=%s workflows=%d",
             instance.id,
             instance.name,
-            instance.endpoint,
+            redact_url(instance.endpoint),
             instance.registration_id,
             len(instance.workflows),
             extra=instance.log_fields,
@@ -322,7 +323,8 @@ class RegisterService(gateway_service_connect.GatewayService):
         if refusal is not None:
             error = ConnectError(
                 Code.PERMISSION_DENIED,
-                f"RegisterRequest.flowwatch_endpoint {endpoint!r} is refused: {refusal}",
+                f"RegisterRequest.flowwatch_endpoint {redact_url(endpoint)!r} is refused: "
+                f"{refusal}",
             )
             raise _Rejection(error, registration, refusal)
         holder = self._registry.get(registration.subsystem_id)
@@ -350,7 +352,7 @@ class RegisterService(gateway_service_connect.GatewayService):
             "subsystem rejected: id=%s name=%s endpoint=%s peer=%s reason=%s%s",
             subsystem_id,
             registration.subsystem_name[:80],
-            registration.flowwatch_endpoint[:200],
+            redact_url(registration.flowwatch_endpoint)[:200],
             peer_host,
             rejection.detail[:300],
             f" ({suppressed} more attempt(s) since the last report; reported at most every "
@@ -414,8 +416,8 @@ class RegisterService(gateway_service_connect.GatewayService):
             "(%d more attempt(s) from this pair since the last report; reported at most "
             "every %.0fs)",
             holder.id,
-            claimant,
-            holder.endpoint,
+            redact_url(claimant),
+            redact_url(holder.endpoint),
             suppressed,
             REFUSAL_LOG_INTERVAL_S,
             extra={"subsystem_id": holder.id, "reason": "already_exists"},
@@ -438,7 +440,7 @@ class RegisterService(gateway_service_connect.GatewayService):
                 "subsystem stale: id=%s name=%s endpoint=%s reason=register stream ended",
                 instance.id,
                 instance.name,
-                instance.endpoint,
+                redact_url(instance.endpoint),
                 extra=instance.log_fields,
             )
 

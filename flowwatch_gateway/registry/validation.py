@@ -6,7 +6,8 @@ saying what would be accepted:
 
 - shape (`invalid_argument`): the id's charset and length (it ends up in response
   headers and comma-joined metadata), caps on names, metadata and workflows, an
-  absolute http(s) endpoint;
+  absolute http(s) endpoint that fixes nothing but scheme, host, port and a path
+  prefix (no query, fragment, credentials or ambiguous path: urls.endpoint_url_problem);
 - the endpoint policy (`permission_denied`, see endpoints.py);
 - the duplicate-id policy (`already_exists`, `takeover_refusal`).
 """
@@ -21,7 +22,7 @@ from connectrpc.errors import ConnectError
 
 from flowwatch_gateway.gen.flowwatch.v1.gateway_service_pb2 import RegisterRequest
 from flowwatch_gateway.registry.base import SubsystemInstance
-from flowwatch_gateway.urls import http_url_problem
+from flowwatch_gateway.urls import endpoint_url_problem, redact_url
 
 # Letters, digits, '.', '_', '-'; starts with a letter or digit; at most 63 characters.
 # Nothing that needs quoting in an HTTP header value or breaks a comma-joined list.
@@ -64,11 +65,10 @@ def validate_register_request(request: RegisterRequest) -> None:
     _check_length("description", request.description, MAX_DESCRIPTION_CHARS)
     endpoint = request.flowwatch_endpoint
     _check_length("flowwatch_endpoint", endpoint, MAX_ENDPOINT_CHARS)
-    problem = http_url_problem(endpoint)
+    problem = endpoint_url_problem(endpoint)
     if problem:
         raise _invalid(
-            f"RegisterRequest.flowwatch_endpoint must be an absolute http(s) URL with a host "
-            f"(e.g. http://orders:8080), got {endpoint!r}: {problem}"
+            f"RegisterRequest.flowwatch_endpoint {redact_url(endpoint)!r} is refused: {problem}"
         )
     if len(request.metadata) > MAX_METADATA_ENTRIES:
         raise _invalid(
@@ -127,8 +127,9 @@ def takeover_refusal(holder: SubsystemInstance | None, request: RegisterRequest)
     if normalized_endpoint(holder.endpoint) == normalized_endpoint(request.flowwatch_endpoint):
         return None
     return (
-        f"subsystem id {holder.id!r} is held by a connected subsystem at {holder.endpoint}; "
-        f"this registration from {request.flowwatch_endpoint} is refused. Give each process "
+        f"subsystem id {holder.id!r} is held by a connected subsystem at "
+        f"{redact_url(holder.endpoint)}; this registration from "
+        f"{redact_url(request.flowwatch_endpoint)} is refused. Give each process "
         "its own subsystem_id, or stop the other one: an id whose holder has gone stale "
         "can be taken over"
     )

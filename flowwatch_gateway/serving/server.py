@@ -14,6 +14,14 @@ Envoy settings that matter for the long-lived Register stream: pyvoy's single-ap
 config has no router filter, so no route timeout (Envoy's 15 s default) applies; the
 connection manager's stream idle timeout (5 min by default) is raised to stay well
 above the heartbeat, since pings are the only traffic on an idle Register stream.
+
+Slow and idle clients (ListenerLimits, from GATEWAY_REQUEST_HEADER_TIMEOUT,
+GATEWAY_IDLE_TIMEOUT, GATEWAY_MAX_CONNECTIONS): Envoy closes a connection whose
+request headers take too long, closes a connection with no stream in progress once
+it has been idle too long (an open Register stream is a stream in progress, however
+quiet, so it is never cut by this), and refuses connections above the cap
+(overload manager). uvicorn has a connection cap and an idle timeout for
+keep-alive connections, but nothing that times request headers.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ import signal
 import ssl
 import tempfile
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +42,7 @@ from pyvoy import LogLevel, PyvoyServer, StartupError
 from flowwatch_gateway import exit_guard
 from flowwatch_gateway.config import GatewayConfig
 from flowwatch_gateway.serving.control import CONTROL_SOCKET_ENV, request_drain
+from flowwatch_gateway.serving.envoy_admin import PrivateAdminPyvoyServer
 from flowwatch_gateway.serving.envoy_leg import ENVOY_LEG_ENV, envoy_clusters
 from flowwatch_gateway.serving.logs import configure_logging
 
@@ -44,6 +54,10 @@ ASGI_APP = "flowwatch_gateway.serving.asgi:app"
 HCM_TYPE = (
     "type.googleapis.com/"
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+)
+DOWNSTREAM_CONNECTIONS_TYPE = (
+    "type.googleapis.com/"
+    "envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig"
 )
 ENVOY_DEFAULT_STREAM_IDLE_TIMEOUT = 300.0
 # A Register stream is idle between pings; allow several missed ones before Envoy cuts it.
@@ -66,35 +80,80 @@ def stream_idle_timeout(heartbeat: float) -> float:
     return max(ENVOY_DEFAULT_STREAM_IDLE_TIMEOUT, heartbeat * IDLE_TIMEOUT_HEARTBEATS)
 
 
-def tune_envoy_config(config: dict[str, Any], *, heartbeat: float) -> dict[str, Any]:
-    """Set the stream timeouts of every HTTP connection manager for long-lived streams."""
+@dataclass(frozen=True)
+class ListenerLimits:
+    """What the listener allows slow and idle clients, in seconds and connections."""
+
+    request_header_timeout: float
+    idle_timeout: float
+    max_connections: int
+
+    @classmethod
+    def of(cls, config: GatewayConfig) -> ListenerLimits:
+        return cls(config.request_header_timeout, config.idle_timeout, config.max_connections)
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.3f}s"
+
+
+def tune_envoy_config(
+    config: dict[str, Any], *, heartbeat: float, limits: ListenerLimits
+) -> dict[str, Any]:
+    """Set every HTTP connection manager for long-lived streams and against slow clients."""
     for listener in config.get("static_resources", {}).get("listeners", []):
         for chain in listener.get("filter_chains", []):
             for network_filter in chain.get("filters", []):
                 typed = network_filter.get("typed_config", {})
                 if typed.get("@type") == HCM_TYPE:
-                    typed["stream_idle_timeout"] = f"{stream_idle_timeout(heartbeat):.3f}s"
+                    typed["stream_idle_timeout"] = _seconds(stream_idle_timeout(heartbeat))
                     # No overall deadline for a request: Register lives as long as it is healthy.
                     typed["request_timeout"] = "0s"
+                    typed["request_headers_timeout"] = _seconds(limits.request_header_timeout)
+                    # Counts only while no stream is open on the connection.
+                    options = typed.setdefault("common_http_protocol_options", {})
+                    options["idle_timeout"] = _seconds(limits.idle_timeout)
+    # One cap for the whole process, checked before a connection reaches any filter.
+    config["overload_manager"] = {
+        "resource_monitors": [
+            {
+                "name": "envoy.resource_monitors.global_downstream_max_connections",
+                "typed_config": {
+                    "@type": DOWNSTREAM_CONNECTIONS_TYPE,
+                    "max_active_downstream_connections": limits.max_connections,
+                },
+            }
+        ]
+    }
     return config
 
 
-class GatewayEnvoyServer(PyvoyServer):
-    """PyvoyServer with the Envoy tuning Register streams need."""
+class GatewayEnvoyServer(PrivateAdminPyvoyServer):
+    """pyvoy with the Envoy tuning Register streams need, admin on a private socket."""
 
-    def __init__(self, app: str, *, heartbeat: float, **kwargs: Any) -> None:
+    def __init__(
+        self, app: str, *, heartbeat: float, limits: ListenerLimits, **kwargs: Any
+    ) -> None:
         super().__init__(app, **kwargs)
         self._heartbeat = heartbeat
+        self._limits = limits
 
     def get_envoy_config(self) -> dict[str, Any]:
-        return tune_envoy_config(super().get_envoy_config(), heartbeat=self._heartbeat)
+        return tune_envoy_config(
+            super().get_envoy_config(), heartbeat=self._heartbeat, limits=self._limits
+        )
 
 
 def envoy_server(config: GatewayConfig, control_socket: str) -> GatewayEnvoyServer:
-    """The Envoy child for `config`: HTTP/1.1 + h2c on one port, or TLS with ALPN h2."""
+    """The Envoy child for `config`: HTTP/1.1 + h2c on one port, or TLS with ALPN h2.
+
+    The control socket's directory is private; Envoy's admin socket goes there too.
+    """
     return GatewayEnvoyServer(
         ASGI_APP,
+        private_dir=str(Path(control_socket).parent),
         heartbeat=config.heartbeat,
+        limits=ListenerLimits.of(config),
         address=config.host,
         port=config.port,
         tls_cert=config.tls_cert,
@@ -183,6 +242,15 @@ async def supervise_envoy(
     return 0
 
 
+def uvicorn_limits(limits: ListenerLimits) -> dict[str, Any]:
+    """uvicorn's nearest settings: a cap (503 above it) and the keep-alive idle timeout.
+
+    uvicorn (h11) has nothing that times request headers, nor a connection that has
+    sent nothing yet: the keep-alive timer starts only after a response.
+    """
+    return {"limit_concurrency": limits.max_connections, "timeout_keep_alive": limits.idle_timeout}
+
+
 def serve_uvicorn(config: GatewayConfig) -> int:
     """Serve the same app under uvicorn (HTTP/1.1 only)."""
     import uvicorn
@@ -204,9 +272,10 @@ def serve_uvicorn(config: GatewayConfig) -> int:
 
     log.warning(
         "uvicorn serves HTTP/1.1 only: gRPC and the HTTP/2 Register stream do not work, "
-        "so subsystems cannot register; use --server pyvoy for a real deployment"
+        "so subsystems cannot register; and it cannot time request headers, so "
+        "GATEWAY_REQUEST_HEADER_TIMEOUT does not apply. Use --server pyvoy for a real deployment"
     )
-    options: dict[str, Any] = {}
+    options = uvicorn_limits(ListenerLimits.of(config))
     if config.tls_cert is not None and config.tls_key is not None:
         options["ssl_certfile"] = str(config.tls_cert)
         options["ssl_keyfile"] = str(config.tls_key)

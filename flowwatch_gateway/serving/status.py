@@ -25,6 +25,7 @@ from connectrpc.errors import ConnectError
 
 from flowwatch_gateway.errors import TRANSPORT_CODES
 from flowwatch_gateway.registry.base import Clock, Registry, SubsystemInstance
+from flowwatch_gateway.urls import redact_url
 
 __all__ = ["UpstreamError", "UpstreamHealth", "render_status_page"]
 
@@ -188,7 +189,7 @@ def render_status_page(
             f"<td><strong>{esc(instance.id)}</strong><br>"
             f'<span class="muted">{esc(instance.name)}</span></td>'
             f'<td><span class="state {state}">{state}</span> {esc(age)}</td>'
-            f"<td><code>{esc(instance.endpoint)}</code></td>"
+            f"<td><code>{esc(redact_url(instance.endpoint))}</code></td>"
             f"<td>{esc(instance.last_heartbeat.isoformat(timespec='seconds'))}"
             f'<br><span class="muted">{esc(heartbeat_ago)} ago</span></td>'
             f"<td>{len(instance.workflows)}</td>"

@@ -15,7 +15,7 @@ import pyqwest
 
 from flowwatch_gateway.gen.flowwatch.v1 import types_pb2
 from flowwatch_gateway.subsystem.backoff import Backoff
-from flowwatch_gateway.urls import http_url_problem
+from flowwatch_gateway.urls import endpoint_url_problem, http_url_problem, redact_url
 
 __all__ = [
     "ClientOptions",
@@ -87,16 +87,19 @@ class ClientOptions:
     def __post_init__(self) -> None:
         if not self.subsystem_id.strip():
             raise ValueError("subsystem_id is required (the id the gateway lists this under)")
-        for name, url in (
-            ("gateway_url", self.gateway_url),
-            ("local_endpoint", self.local_endpoint),
-        ):
-            problem = http_url_problem(url)
-            if problem:
-                raise ValueError(
-                    f"{name} must be an absolute http(s) URL such as http://127.0.0.1:8091, "
-                    f"got {url!r}: {problem}"
-                )
+        problem = http_url_problem(self.gateway_url)
+        if problem:
+            raise ValueError(
+                "gateway_url must be an absolute http(s) URL such as http://127.0.0.1:8091, "
+                f"got {self.gateway_url!r}: {problem}"
+            )
+        # The gateway refuses such an endpoint at every attempt; say so before the first.
+        problem = endpoint_url_problem(self.local_endpoint)
+        if problem:
+            raise ValueError(
+                f"local_endpoint {redact_url(self.local_endpoint)!r} would be refused by the "
+                f"gateway: {problem}"
+            )
         if self.register_timeout <= 0 or self.local_timeout <= 0:
             raise ValueError(
                 f"timeouts must be greater than 0, got register_timeout={self.register_timeout} "

@@ -281,7 +281,8 @@ async def test_every_disconnect_command_reconnects_after_a_jittered_delay() -> N
         ),
         (
             lambda: ClientOptions("http://127.0.0.1:8091", "orders", "grpc://orders:9101"),
-            "local_endpoint must be an absolute http(s) URL",
+            "local_endpoint 'grpc://orders:9101' would be refused by the gateway: it is not an "
+            "absolute http(s) URL",
         ),
         (
             lambda: ClientOptions("http://127.0.0.1:8091", " ", "http://127.0.0.1:9101"),

@@ -142,7 +142,8 @@ async def test_wrong_api_key_is_rejected(fast_gateway: GatewayProcess) -> None:
         ),
         (
             register_request("bad-endpoint", api_key=TEST_API_KEY, endpoint="orders:8080"),
-            "RegisterRequest.flowwatch_endpoint must be an absolute http(s) URL",
+            "RegisterRequest.flowwatch_endpoint 'orders:8080' is refused: it is not an absolute "
+            "http(s) URL",
         ),
         (
             register_request("bad-endpoint", api_key=TEST_API_KEY, endpoint="http:///no-host"),
@@ -150,7 +151,7 @@ async def test_wrong_api_key_is_rejected(fast_gateway: GatewayProcess) -> None:
         ),
         (
             register_request("bad-endpoint", api_key=TEST_API_KEY, endpoint="ftp://files:21"),
-            "'ftp://files:21': scheme must be http or https",
+            "'ftp://files:21' is refused: it is not an absolute http(s) URL",
         ),
     ],
 )
