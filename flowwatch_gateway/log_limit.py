@@ -70,18 +70,19 @@ class LogLimit:
             self._held[source] = self._held.get(source, 0) + 1
         return False
 
-    def flush(self) -> None:
-        """End the window if its time is up, logging the summary of what was held back."""
-        if self._clock() - self._window_start < self._window_s:
+    def flush(self, *, now: bool = False) -> None:
+        """End the window if its time is up (or `now`: at shutdown), with its summary."""
+        elapsed = self._clock() - self._window_start
+        if elapsed < self._window_s and not now:
             return
         if self._held_total:
             top, top_count = max(self._held.items(), key=lambda item: item[1])
             sources = len(self._held)
             self._log.warning(
-                "%s: %d not logged in the last %gs, from %s source(s); most from %s (%d)",
+                "%s: %d not logged in the last %.0fs, from %s source(s); most from %s (%d)",
                 self._what,
                 self._held_total,
-                self._window_s,
+                min(elapsed, self._window_s),
                 sources if sources < self._max_sources else f"{sources}+",
                 top,
                 top_count,

@@ -417,6 +417,7 @@ class RegisterService(gateway_service_connect.GatewayService):
                     asyncio.gather(*(s.finished.wait() for s in sessions)), flush_timeout
                 )
         log.info("disconnected %d subsystem stream(s): %s", len(sessions), reason)
+        self._rejection_lines.flush(now=True)  # what was held back, before the log ends
 
     # --- internals -------------------------------------------------------------------
     def _log_takeover_refused(self, holder: SubsystemInstance, claimant: str, peer: str) -> None:

@@ -143,3 +143,22 @@ def test_held_back_sources_are_remembered_up_to_a_bound(
     summary = messages(caplog)[-1]
     assert summary.startswith("refusals: 1001 not logged in the last 60s, from 10+ source(s)")
     assert summary.endswith("most from 10.0.0.0 (2)")
+
+
+def test_at_shutdown_the_summary_comes_at_once(
+    clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "tests.limit")
+    timers = Timers(clock)
+    refusals = limit(clock, timers, per_source=1)
+    refusals.flush(now=True)
+    assert messages(caplog) == []  # nothing held back: nothing to say
+    assert [refusals.admit("a") for _ in range(4)] == [True, False, False, False]
+    messages(caplog)
+    clock.now += 12.0
+    refusals.flush(now=True)
+    assert messages(caplog) == [
+        "refusals: 3 not logged in the last 12s, from 1 source(s); most from a (3)"
+    ]
+    timers.run_due()
+    assert messages(caplog) == []
