@@ -79,10 +79,10 @@ class LogLimit:
             top, top_count = max(self._held.items(), key=lambda item: item[1])
             sources = len(self._held)
             self._log.warning(
-                "%s: %d not logged in the last %.0fs, from %s source(s); most from %s (%d)",
+                "%s: %d not logged in the last %gs, from %s source(s); most from %s (%d)",
                 self._what,
                 self._held_total,
-                min(elapsed, self._window_s),
+                round(min(elapsed, self._window_s), 1),
                 sources if sources < self._max_sources else f"{sources}+",
                 top,
                 top_count,
