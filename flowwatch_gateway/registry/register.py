@@ -24,6 +24,7 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from flowwatch_gateway.api.compression import FastGzip
+from flowwatch_gateway.errors import from_python_exception
 from flowwatch_gateway.gen.flowwatch.v1 import gateway_service_connect
 from flowwatch_gateway.gen.flowwatch.v1.gateway_service_pb2 import (
     DisconnectCommand,
@@ -52,6 +53,10 @@ MAX_UNANSWERED_PINGS = 8
 REASON_REPLACED = "replaced by a newer registration of the same subsystem id"
 REASON_EXPIRED = "registration expired: stale for longer than the grace period"
 REASON_SHUTDOWN = "gateway shutting down"
+UNREADABLE_FIRST_MESSAGE = (
+    "the first message on the Register stream could not be read as a SubsystemMessage: "
+    "send SubsystemMessage{register: ...} encoded as the content type says"
+)
 
 # A refused takeover is logged once per (id, holder, claimant) in this window; the
 # claimant retries for as long as both run, and one line says all there is to say.
@@ -315,7 +320,10 @@ class RegisterService(gateway_service_connect.GatewayService):
             )
             raise _Rejection(ConnectError(Code.DEADLINE_EXCEEDED, message), None, message) from None
         except ConnectError as exc:
-            raise _Rejection(exc, None, exc.message) from None
+            error = exc
+            if from_python_exception(exc):  # e.g. protobuf's words for bytes that do not decode
+                error = ConnectError(exc.code, UNREADABLE_FIRST_MESSAGE)
+            raise _Rejection(error, None, exc.message) from None
         if self._draining:
             raise _Rejection(
                 ConnectError(
