@@ -19,6 +19,7 @@ from flowwatch_gateway.proxy.fanout import routed_error
 from flowwatch_gateway.registry.endpoints import EndpointPolicy
 from flowwatch_gateway.registry.keys import ApiKeys
 from flowwatch_gateway.registry.memory import InMemoryRegistry
+from flowwatch_gateway.registry.redis import RedisRegistry
 from flowwatch_gateway.registry.register import UNREADABLE_FIRST_MESSAGE, RegisterService
 from flowwatch_gateway.registry.register_front import RegisterFront
 
@@ -137,3 +138,16 @@ async def test_an_undecodable_first_register_message_is_answered_in_the_gateways
     end = sent[-1]["body"]
     error = json.loads(end[5:])["error"]
     assert error == {"code": "invalid_argument", "message": UNREADABLE_FIRST_MESSAGE}
+
+
+def test_readyz_says_redis_is_unreachable_without_the_clients_exception_text(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    shared = RedisRegistry("redis://:secret@redis.internal:6379/0", heartbeat=1.0)
+    caplog.set_level(logging.WARNING, "flowwatch_gateway.registry.redis")
+    shared._went_down(ConnectionError("Error 111 connecting to 10.1.2.3:6379. Refused."))
+    status = shared.status()
+    assert "unreachable" in status and "see the log" in status
+    assert "Error 111" not in status and "ConnectionError" not in status
+    assert "secret" not in status
+    assert "Error 111 connecting to 10.1.2.3:6379" in caplog.text
