@@ -19,6 +19,7 @@ __all__ = [
     "TRANSPORT_CODES",
     "UpstreamUnreached",
     "describe_failure",
+    "from_python_exception",
     "is_subsystems_answer",
 ]
 
@@ -69,11 +70,20 @@ class UpstreamUnreached(ConnectError):
     be told apart from an error the subsystem answered with the same code."""
 
 
+def from_python_exception(exc: ConnectError) -> bool:
+    """Whether this error was made from a Python exception, its message that exception's
+    text (a broken connection, bytes that do not decode as the message): connectrpc,
+    like the gateway, raises such errors `from` the exception. Words for a log, not for
+    a caller."""
+    return exc.__cause__ is not None
+
+
 def is_subsystems_answer(exc: ConnectError) -> bool:
     """Whether the subsystem itself answered with this error: its code and message are
     then its own words and reach the caller as they are. Timeouts and cancellations are
-    the gateway's doing, whatever a subsystem might have said."""
-    if isinstance(exc, UpstreamUnreached):
+    the gateway's doing, whatever a subsystem might have said, and an error made from an
+    exception on the gateway's side of the call is no answer at all."""
+    if isinstance(exc, UpstreamUnreached) or from_python_exception(exc):
         return False
     return exc.code not in (Code.DEADLINE_EXCEEDED, Code.CANCELED)
 

@@ -23,10 +23,12 @@ from connectrpc.errors import ConnectError
 from flowwatch_gateway.api.context import CallContext
 from flowwatch_gateway.errors import (
     ANSWER_CODES,
+    TRANSPORT_CODES,
     UpstreamUnreached,
     describe_failure,
     is_subsystems_answer,
 )
+from flowwatch_gateway.log_limit import LogLimit
 from flowwatch_gateway.proxy.pool import UpstreamPool
 from flowwatch_gateway.proxy.upstream import UpstreamClients
 from flowwatch_gateway.registry.base import Registry
@@ -56,6 +58,11 @@ UpstreamCall = Callable[[UpstreamClients, int], Awaitable[T]]
 # Time kept back from the caller's deadline to merge and send the answer.
 RESPONSE_MARGIN_S = 0.05
 DEFAULT_CONCURRENCY = 64
+
+# Every UI call can fail at the same subsystems again, so the lines saying what a
+# subsystem answered or why a call to it failed have a budget per subsystem and in
+# all (the counters and /status still see every call).
+FAILURE_LINES = LogLimit(log, "subsystem call failure lines", per_source=5, total=50, window_s=60.0)
 
 
 @dataclass(frozen=True)
@@ -95,6 +102,8 @@ class Gathered(Generic[T]):
         for instance_id, exc in sorted(self.failures.items()):
             reason = describe_failure(exc)
             ctx.add_partial_failure(instance_id, reason)
+            if not FAILURE_LINES.admit(instance_id):
+                continue
             log.warning(
                 "%s: instance %s failed: %s (%s)",
                 *(rpc, instance_id, reason, exc.message),
@@ -217,11 +226,28 @@ def routed_error(instance_id: str, exc: ConnectError) -> ConnectError:
     subsystems answer every refusal so) reaches the caller with its own code and
     message, and is logged with the subsystem's id. A call that never got an answer
     (unreachable, timed out) keeps its code but gets the gateway's words, naming the
-    subsystem instead of leaking connection details.
+    subsystem instead of leaking connection details; the details go to the log. So
+    does an answer the gateway could not use (bytes that do not decode): `internal`,
+    since neither the caller's request nor the connection was at fault.
     """
-    if is_subsystems_answer(exc):
-        log.info("subsystem %s answered %s: %s", instance_id, exc.code.name, exc.message)
+    answer = is_subsystems_answer(exc)
+    if FAILURE_LINES.admit(instance_id):
+        log.info(
+            "subsystem %s %s %s: %s",
+            instance_id,
+            "answered" if answer else "call failed:",
+            exc.code.name,
+            exc.message,
+            extra={"subsystem_id": instance_id},
+        )
+    if answer:
         return exc
+    if exc.code not in TRANSPORT_CODES:
+        return ConnectError(
+            Code.INTERNAL,
+            f"subsystem {instance_id} answered in a way the gateway could not use "
+            f"({describe_failure(exc)}); see the gateway's log",
+        )
     return ConnectError(exc.code, f"subsystem {instance_id} {describe_failure(exc)}")
 
 

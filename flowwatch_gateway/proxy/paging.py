@@ -118,7 +118,9 @@ def seal_token(version: str, payload: bytes, *, secret: bytes) -> str:
 
 def unseal_token(token: str, version: str, *, secret: bytes) -> bytes:
     """The payload of a token from seal_token with this version; CursorError otherwise."""
-    if len(token) > MAX_CURSOR_CHARS:
+    # Every cursor issued is ASCII; anything else would reach hmac.compare_digest and
+    # str.encode (TypeError, UnicodeEncodeError: `internal`) instead of a refusal.
+    if len(token) > MAX_CURSOR_CHARS or not token.isascii():
         raise CursorError(NOT_ISSUED_MESSAGE)
     parts = token.split(".")
     if len(parts) != 3:
@@ -217,7 +219,7 @@ def decode_search_cursor(token: str, query: str, *, secret: bytes) -> int:
 def _json_document(payload: bytes) -> dict[str, Any]:
     try:
         document = json.loads(payload)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
         raise CursorError(NOT_ISSUED_MESSAGE) from exc
     if not isinstance(document, dict):
         raise CursorError(NOT_ISSUED_MESSAGE)

@@ -314,13 +314,17 @@ class RedisRegistry:
         return self._up_since is not None
 
     def status(self) -> str:
-        """One line for /readyz: is the shared state reachable, and what that means."""
+        """One line for /readyz: is the shared state reachable, and what that means.
+
+        /readyz answers anyone who reaches the port: the client's exception text
+        (addresses, library internals) stays in the log, written once per outage.
+        """
         where = redact_url(self._url)
         if self._up_since is not None:
             return f"registry: redis {where} connected (replica {self.replica_id})"
         down_for = time.monotonic() - (self._down_since or time.monotonic())
         return (
-            f"registry: redis {where} unreachable for {down_for:.0f}s ({self._last_error}); "
+            f"registry: redis {where} unreachable for {down_for:.0f}s (why: see the log); "
             "serving the last shared view, registrations kept locally until it returns"
         )
 

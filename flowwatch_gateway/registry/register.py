@@ -24,6 +24,7 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from flowwatch_gateway.api.compression import FastGzip
+from flowwatch_gateway.errors import from_python_exception
 from flowwatch_gateway.gen.flowwatch.v1 import gateway_service_connect
 from flowwatch_gateway.gen.flowwatch.v1.gateway_service_pb2 import (
     DisconnectCommand,
@@ -33,6 +34,7 @@ from flowwatch_gateway.gen.flowwatch.v1.gateway_service_pb2 import (
     RegisterResponse,
     SubsystemMessage,
 )
+from flowwatch_gateway.log_limit import LogLimit
 from flowwatch_gateway.registry.base import Registry, SubsystemInstance
 from flowwatch_gateway.registry.endpoints import EndpointPolicy, endpoint_refusal
 from flowwatch_gateway.registry.keys import ApiKeys
@@ -52,6 +54,10 @@ MAX_UNANSWERED_PINGS = 8
 REASON_REPLACED = "replaced by a newer registration of the same subsystem id"
 REASON_EXPIRED = "registration expired: stale for longer than the grace period"
 REASON_SHUTDOWN = "gateway shutting down"
+UNREADABLE_FIRST_MESSAGE = (
+    "the first message on the Register stream could not be read as a SubsystemMessage: "
+    "send SubsystemMessage{register: ...} encoded as the content type says"
+)
 
 # A refused takeover is logged once per (id, holder, claimant) in this window; the
 # claimant retries for as long as both run, and one line says all there is to say.
@@ -61,6 +67,12 @@ REFUSAL_LOG_MAX_PAIRS = 1024
 # (reason, subsystem id, peer) in this window, with the count of those left out: a
 # misconfigured subsystem retries forever and must not flood the log.
 REJECTION_LOG_INTERVAL_S = 60.0
+# Those keys include the claimed id, which costs a client nothing to vary: every
+# refusal line also needs room in these per-peer and overall budgets per window (the
+# rest are counted in one summary line).
+REJECTION_LINES_PER_PEER = 5
+REJECTION_LINES_TOTAL = 20
+REJECTION_LINES_WINDOW_S = 60.0
 
 
 class _OncePerPair:
@@ -224,6 +236,13 @@ class RegisterService(gateway_service_connect.GatewayService):
         self._draining = False
         self._refusals = _OncePerPair(REFUSAL_LOG_INTERVAL_S, REFUSAL_LOG_MAX_PAIRS)
         self._rejections = _OncePerPair(REJECTION_LOG_INTERVAL_S, REFUSAL_LOG_MAX_PAIRS)
+        self._rejection_lines = LogLimit(
+            log,
+            "registration refusals",
+            per_source=REJECTION_LINES_PER_PEER,
+            total=REJECTION_LINES_TOTAL,
+            window_s=REJECTION_LINES_WINDOW_S,
+        )
         if self._keys.open:
             log.warning(
                 "REGISTRATION IS OPEN TO ANYONE: no GATEWAY_API_KEY or GATEWAY_API_KEYS_FILE "
@@ -246,7 +265,7 @@ class RegisterService(gateway_service_connect.GatewayService):
     ) -> AsyncGenerator[GatewayMessage]:
         """One Register stream from `peer` (its address, for the logs), whoever frames it."""
         try:
-            registration = await self._admit(request)
+            registration = await self._admit(request, peer)
         except _Rejection as rejection:
             self._rejected(rejection, peer)
             if rejection.answer is not None:
@@ -286,7 +305,7 @@ class RegisterService(gateway_service_connect.GatewayService):
             await asyncio.gather(reader, return_exceptions=True)
             self._end_session(session, instance)
 
-    async def _admit(self, request: AsyncIterator[SubsystemMessage]) -> RegisterRequest:
+    async def _admit(self, request: AsyncIterator[SubsystemMessage], peer: str) -> RegisterRequest:
         """The first RegisterRequest if it may register; otherwise raises _Rejection.
 
         Decided after the last await, so no registration can slip in between this
@@ -302,7 +321,10 @@ class RegisterService(gateway_service_connect.GatewayService):
             )
             raise _Rejection(ConnectError(Code.DEADLINE_EXCEEDED, message), None, message) from None
         except ConnectError as exc:
-            raise _Rejection(exc, None, exc.message) from None
+            error = exc
+            if from_python_exception(exc):  # e.g. protobuf's words for bytes that do not decode
+                error = ConnectError(exc.code, UNREADABLE_FIRST_MESSAGE)
+            raise _Rejection(error, None, exc.message) from None
         if self._draining:
             raise _Rejection(
                 ConnectError(
@@ -331,7 +353,7 @@ class RegisterService(gateway_service_connect.GatewayService):
         conflict = takeover_refusal(holder, registration)
         if conflict is not None:
             assert holder is not None
-            self._log_takeover_refused(holder, endpoint)
+            self._log_takeover_refused(holder, endpoint, peer)
             error = ConnectError(Code.ALREADY_EXISTS, conflict)
             raise _Rejection(error, registration, None, answer=conflict)
         return registration
@@ -344,9 +366,9 @@ class RegisterService(gateway_service_connect.GatewayService):
             return  # logged where it was decided
         registration = rejection.registration or RegisterRequest()
         subsystem_id = registration.subsystem_id[:80]
-        peer_host = peer.rsplit(":", 1)[0]  # the source port changes on every attempt
+        peer_host = _peer_host(peer)
         suppressed = self._rejections.should_log((rejection.reason, subsystem_id, peer_host))
-        if suppressed is None:
+        if suppressed is None or not self._rejection_lines.admit(peer_host):
             return
         log.info(
             "subsystem rejected: id=%s name=%s endpoint=%s peer=%s reason=%s%s",
@@ -405,11 +427,12 @@ class RegisterService(gateway_service_connect.GatewayService):
                     asyncio.gather(*(s.finished.wait() for s in sessions)), flush_timeout
                 )
         log.info("disconnected %d subsystem stream(s): %s", len(sessions), reason)
+        self._rejection_lines.flush(now=True)  # what was held back, before the log ends
 
     # --- internals -------------------------------------------------------------------
-    def _log_takeover_refused(self, holder: SubsystemInstance, claimant: str) -> None:
+    def _log_takeover_refused(self, holder: SubsystemInstance, claimant: str, peer: str) -> None:
         suppressed = self._refusals.should_log((holder.id, holder.endpoint, claimant))
-        if suppressed is None:
+        if suppressed is None or not self._rejection_lines.admit(_peer_host(peer)):
             return
         log.warning(
             "subsystem rejected: id=%s endpoint=%s reason=id held by connected %s "
@@ -448,6 +471,7 @@ class RegisterService(gateway_service_connect.GatewayService):
         self, request: AsyncIterator[SubsystemMessage], session: _Session
     ) -> None:
         """Record each pong; the stream ending (or failing) ends the session."""
+        ignored = False  # one line per stream, however many such messages it sends
         try:
             async for message in request:
                 kind = message.WhichOneof("msg")
@@ -467,10 +491,11 @@ class RegisterService(gateway_service_connect.GatewayService):
                     )
                     session.close(None)
                     return
-                else:
+                elif not ignored:
+                    ignored = True
                     log.warning(
                         "ignoring %s on the register stream of %s: only pongs may follow "
-                        "the RegisterRequest",
+                        "the RegisterRequest (said once per stream)",
                         kind or "an empty message",
                         session.subsystem_id,
                     )
@@ -479,6 +504,11 @@ class RegisterService(gateway_service_connect.GatewayService):
         except Exception as exc:
             log.debug("register stream of %s failed: %r", session.subsystem_id, exc)
         session.close(None)
+
+
+def _peer_host(peer: str) -> str:
+    """The address without the source port, which changes on every attempt."""
+    return peer.rsplit(":", 1)[0]
 
 
 async def _first_register_request(request: AsyncIterator[SubsystemMessage]) -> RegisterRequest:

@@ -39,6 +39,7 @@ from flowwatch_gateway.gen.flowwatch.v1.gateway_service_pb2 import (
     SubsystemMessage,
 )
 from flowwatch_gateway.registry.register import RegisterService
+from flowwatch_gateway.serving.asgi_guard import CancelSafeReceive
 
 __all__ = ["RegisterFront"]
 
@@ -151,6 +152,9 @@ class RegisterFront:
 
     async def _messages(self, receive: Receive) -> AsyncIterator[SubsystemMessage]:
         """The request's messages, until the client ends its side of the stream."""
+        # The handler's first-message timeout and its pong reader's cancellation end
+        # a wait here; the server's receive() itself must not be cancelled.
+        receive = CancelSafeReceive(receive)
         reader: EnvelopeReader[SubsystemMessage] = EnvelopeReader(
             SubsystemMessage, _CODEC, IdentityCompression(), self._read_max_bytes
         )

@@ -20,6 +20,12 @@ The watch starts FIRST_POLL_S after the app first waits, and not at all once the
 response is complete (the app's receive() then says http.disconnect, as ASGI has
 it): most unary calls answer before that, and a task plus a server receive() per
 call was about 5 % of the gateway's CPU on a routed call (README, Performance).
+
+A server's pending receive() is never cancelled either (`CancelSafeReceive`): pyvoy
+hands out a plain future and resolves it later from its own thread without asking
+whether it is still wanted, so a cancelled one (a timeout around reading a request,
+a reader task cancelled when its stream ends) became an InvalidStateError traceback
+in the log once the client went away, one per abandoned stream.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ class GuardReceiveAfterBody:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        read_body = CancelSafeReceive(receive)
         body_complete = False
         response_complete = False
         trailers = False  # the response ends with its trailers (gRPC), not its body
@@ -74,7 +81,7 @@ class GuardReceiveAfterBody:
         async def guarded_receive() -> Message:
             nonlocal body_complete, start_later
             if not body_complete:
-                message = await receive()
+                message = await read_body()
                 if message["type"] == "http.request" and not message.get("more_body", False):
                     body_complete = True
                 return message
@@ -99,6 +106,32 @@ class GuardReceiveAfterBody:
                 disconnected.set()
 
         await self.app(scope, guarded_receive, guarded_send)
+
+
+class CancelSafeReceive:
+    """A receive() its caller may cancel: the server's own receive() is left pending.
+
+    A cancelled call leaves the server's future to finish on its own; the message
+    it brings is the answer to the next call, so nothing the client sent is lost.
+    """
+
+    __slots__ = ("_pending", "_receive")
+
+    def __init__(self, receive: Receive) -> None:
+        self._receive = receive
+        self._pending: asyncio.Future[Message] | None = None
+
+    async def __call__(self) -> Message:
+        pending = self._pending
+        if pending is None:
+            pending = self._pending = asyncio.ensure_future(self._receive())
+        # shield: cancelling this call cancels only the shield's outer future (and
+        # marks the server's result as retrieved if nobody asks for it again).
+        try:
+            return await asyncio.shield(pending)
+        finally:
+            if pending.done():
+                self._pending = None
 
 
 def pending_watchers() -> int:

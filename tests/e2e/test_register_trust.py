@@ -441,7 +441,15 @@ CLIENT_SCRIPT = textwrap.dedent(
 )
 
 
-def test_two_processes_with_one_id_do_not_flap(gateway: GatewayProcess) -> None:
+@pytest.fixture
+def own_gateway() -> Iterator[GatewayProcess]:
+    """A gateway whose refusal-log budget (5 lines a minute per peer) no other test spent."""
+    with start_gateway("--heartbeat", "200ms", "--api-key", TEST_API_KEY) as gw:
+        yield gw
+
+
+def test_two_processes_with_one_id_do_not_flap(own_gateway: GatewayProcess) -> None:
+    gateway = own_gateway
     sid = unique_id("pair")
     procs = [
         subprocess.Popen(

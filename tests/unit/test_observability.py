@@ -19,7 +19,11 @@ from flowwatch_gateway.config import GatewayConfig
 from flowwatch_gateway.gen.flowwatch.v1 import gateway_service_pb2, types_pb2
 from flowwatch_gateway.proxy.owners import RunOwnerCache
 from flowwatch_gateway.registry.memory import InMemoryRegistry
-from flowwatch_gateway.registry.register import REJECTION_LABELS, RegisterService
+from flowwatch_gateway.registry.register import (
+    REJECTION_LABELS,
+    REJECTION_LINES_PER_PEER,
+    RegisterService,
+)
 from flowwatch_gateway.serving.app import create_app, register_service_for
 from flowwatch_gateway.serving.logs import JsonFormatter
 from flowwatch_gateway.serving.metrics import GatewayMetrics
@@ -307,3 +311,38 @@ def test_refusals_are_counted_and_logged_once_per_interval(
     assert len(rejected) == 1
     assert getattr(rejected[0], "reason", None) == "invalid_api_key"
     assert getattr(rejected[0], "subsystem_id", None) == "orders"
+
+
+def test_refusals_under_ever_new_ids_are_bounded_per_peer(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The once-a-minute rule is per claimed id; the peer and all peers have budgets too."""
+
+    async def attempt(service: RegisterService, subsystem_id: str, peer: str) -> None:
+        async def requests() -> AsyncIterator[gateway_service_pb2.SubsystemMessage]:
+            message = gateway_service_pb2.SubsystemMessage(register=request(subsystem_id))
+            message.register.api_key = "wrong"
+            yield message
+
+        with pytest.raises(ConnectError):
+            async for _ in service.serve(requests(), peer):
+                pass
+
+    async def attempts(service: RegisterService) -> None:
+        for index in range(200):
+            await attempt(service, f"id-{index}", f"10.0.0.7:{40000 + index}")
+        await attempt(service, "other", "10.0.0.8:5555")
+        await service.disconnect_all("test over", flush_timeout=0.1)
+
+    config = GatewayConfig(host="127.0.0.1", port=18095, api_key="right")
+    service = register_service_for(config, InMemoryRegistry())
+    caplog.set_level(logging.INFO, "flowwatch_gateway.registry.register")
+    asyncio.run(attempts(service))
+    lines = [r.getMessage() for r in caplog.records]
+    rejected = [line for line in lines if line.startswith("subsystem rejected")]
+    assert len(rejected) == REJECTION_LINES_PER_PEER + 1
+    assert sum("peer=10.0.0.7 " in line for line in rejected) == REJECTION_LINES_PER_PEER
+    assert sum("more than 5 from one source" in line for line in lines) == 1
+    summary = [line for line in lines if "not logged in the last" in line]
+    assert len(summary) == 1 and "195 not logged" in summary[0]
+    assert summary[0].endswith("most from 10.0.0.7 (195)")

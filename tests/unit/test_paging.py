@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
+from collections.abc import Callable, Collection
 
 import pytest
 from connectrpc.code import Code
@@ -170,3 +172,125 @@ def test_effective_page_size_follows_the_flowwatch_defaults() -> None:
     assert effective_page_size(-5) == 20
     assert effective_page_size(15) == 15
     assert effective_page_size(1000) == 100
+
+
+# --- whatever arrives as a cursor: CursorError (invalid_argument), nothing else ----------
+
+# Every cursor decoder, as the services call them (resume_cursor treats "" as page one).
+DECODERS: dict[str, Callable[[str], object]] = {
+    "decode_cursor": lambda token: decode_cursor(token, secret=KEY),
+    "resume_cursor": lambda token: resume_cursor(token, "q", secret=KEY) if token else None,
+    "decode_offset_cursor": lambda token: paging.decode_offset_cursor(token, secret=KEY),
+    "decode_search_cursor": lambda token: paging.decode_search_cursor(token, "q", secret=KEY),
+}
+ISSUED = {
+    "g2": encode_cursor(ListRunsCursor("q", (1, 2, "run-1"), 40), secret=KEY),
+    "l1": paging.offset_cursor(20, secret=KEY),
+    "s1": paging.offset_cursor(20, secret=KEY, query="q"),
+}
+# Which decoder takes which kind of cursor (resume_cursor: a g2 issued for query "q").
+ACCEPTS = {
+    "decode_cursor": "g2",
+    "resume_cursor": "g2",
+    "decode_offset_cursor": "l1",
+    "decode_search_cursor": "s1",
+}
+
+# Any code point, lone surrogates included (they arrive from JSON "\ud800" escapes),
+# with the awkward ones and the separator made common.
+any_char = st.characters(codec=None, categories=None) | st.sampled_from(
+    "\ud800\udfff\x00\x85\u2028é€😀.="
+)
+any_text = st.text(alphabet=any_char)
+json_text = st.text(alphabet=st.characters(codec="utf-8"))
+
+
+def refused_by_every_decoder(token: str, *, except_for: Collection[str] = ()) -> None:
+    for name, decode in DECODERS.items():
+        if name in except_for or (name == "resume_cursor" and token == ""):
+            continue
+        try:
+            decode(token)
+        except CursorError as exc:
+            assert exc.code == Code.INVALID_ARGUMENT
+            assert exc.message.endswith("start again without a cursor"), exc.message
+        else:
+            raise AssertionError(f"{name} accepted {token!r}")
+
+
+def signed(version: str, payload: bytes) -> str:
+    return paging.seal_token(version, payload, secret=KEY)
+
+
+def is_json(data: bytes) -> bool:
+    try:
+        json.loads(data)
+    except (ValueError, RecursionError):
+        return False
+    return True
+
+
+@given(
+    token=any_text
+    | st.builds(
+        lambda version, body, checksum: f"{version}.{body}.{checksum}",
+        st.sampled_from(["g2", "l1", "s1", ""]) | any_text,
+        any_text,
+        any_text,
+    )
+)
+def test_any_string_is_refused_with_invalid_argument(token: str) -> None:
+    """Any Unicode, lone surrogates too, in the shape of a cursor or not."""
+    refused_by_every_decoder(token)
+
+
+@given(
+    kind=st.sampled_from(sorted(ISSUED)),
+    extra=st.integers(-3, 3) | st.integers(0, 100_000),
+    filler=st.sampled_from("A_-é\u2028"),
+)
+def test_cursors_around_and_past_the_length_limit_are_refused(
+    kind: str, extra: int, filler: str
+) -> None:
+    _, body, checksum = ISSUED[kind].split(".")
+    padding = max(0, paging.MAX_CURSOR_CHARS + extra - len(ISSUED[kind]))
+    refused_by_every_decoder(f"{kind}.{body}{filler * padding}.{checksum}")
+
+
+@given(
+    version=st.sampled_from(sorted(ISSUED)),
+    payload=st.binary(max_size=300).filter(lambda data: not is_json(data))
+    | st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats() | json_text,
+        lambda inner: st.lists(inner, max_size=4),
+        max_leaves=8,
+    ).map(lambda value: json.dumps(value).encode()),
+)
+def test_signed_valid_base64_of_garbage_or_non_object_json_is_refused(
+    version: str, payload: bytes
+) -> None:
+    """Signed with the gateway's own key, so only the payload checks stand in the way."""
+    refused_by_every_decoder(signed(version, payload))
+
+
+@given(
+    kind=st.sampled_from(sorted(ISSUED)),
+    position=st.integers(0, 10_000),
+    replacement=any_char,
+)
+def test_an_issued_cursor_with_any_one_character_changed_is_refused(
+    kind: str, position: int, replacement: str
+) -> None:
+    token = ISSUED[kind]
+    position %= len(token)
+    if token[position] == replacement:
+        return
+    refused_by_every_decoder(token[:position] + replacement + token[position + 1 :])
+
+
+@pytest.mark.parametrize("kind", sorted(ISSUED))
+def test_a_cursor_of_one_kind_is_refused_by_the_decoders_of_the_others(kind: str) -> None:
+    own = {name for name, accepted in ACCEPTS.items() if accepted == kind}
+    for name in own:
+        DECODERS[name](ISSUED[kind])
+    refused_by_every_decoder(ISSUED[kind], except_for=own)
