@@ -21,6 +21,7 @@ from google.protobuf.message import Message
 from flowwatch_gateway.api.context import CallContext
 from flowwatch_gateway.api.limits import effective_page_size
 from flowwatch_gateway.api.ordering import resolve_order, run_sort_key
+from flowwatch_gateway.errors import UpstreamUnreached
 from flowwatch_gateway.gen.flowwatch.v1 import run_service_pb2 as runs
 from flowwatch_gateway.gen.flowwatch.v1 import types_pb2 as types
 from flowwatch_gateway.proxy import paging
@@ -34,7 +35,7 @@ from flowwatch_gateway.registry.base import Registry, SubsystemInstance
 
 __all__ = ["RunsProxy"]
 
-_NOT_CONNECTED = ConnectError(Code.UNAVAILABLE, "not connected")
+_NOT_CONNECTED = UpstreamUnreached(Code.UNAVAILABLE, "not connected")
 
 
 PerRunHandler = Callable[[Any, CallContext], Awaitable[Message]]
