@@ -72,10 +72,15 @@ def stopped_logs(gw: GatewayProcess) -> list[str]:
 async def test_a_name_or_endpoint_cannot_forge_a_log_line(gateway: GatewayProcess) -> None:
     name = f"x\n{FORGED}"
     endpoint = f"http://127.0.0.1:9/fw\r\n{FORGED}"
-    accepted = register_request("forger", api_key=TEST_API_KEY, name=name, endpoint=endpoint)
+    accepted = register_request("forger", api_key=TEST_API_KEY, name=name)
     async with register_client(gateway.url, accepted) as stream:
         await stream.wait_for("registered")
         assert stream.received[0].registered.accepted
+    # An endpoint with control characters is refused at registration; its refusal is
+    # logged, escaped.
+    bad_endpoint = register_request("forger-3", api_key=TEST_API_KEY, endpoint=endpoint)
+    async with register_client(gateway.url, bad_endpoint) as stream:
+        await stream.wait_done()
     refused = register_request("forger-2", api_key="wrong", name=name, endpoint=endpoint)
     async with register_client(gateway.url, refused) as stream:
         await stream.wait_done()
@@ -85,9 +90,10 @@ async def test_a_name_or_endpoint_cannot_forge_a_log_line(gateway: GatewayProces
     registered = [line for line in lines if "subsystem registered: id=forger " in line]
     assert len(registered) == 1
     assert f"name=x\\n{FORGED}" in registered[0]
-    assert f"/fw\\r\\n{FORGED}" in registered[0]
     rejected = [line for line in lines if "subsystem rejected: id=forger-2 " in line]
     assert len(rejected) == 1 and f"name=x\\n{FORGED}" in rejected[0]
+    bad = [line for line in lines if "subsystem rejected: id=forger-3 " in line]
+    assert len(bad) == 1 and f"/fw\\r\\n{FORGED}" in bad[0]
 
 
 async def test_wrong_keys_under_ever_new_ids_from_one_peer_give_a_few_lines_and_a_summary(
