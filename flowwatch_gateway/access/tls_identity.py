@@ -47,7 +47,7 @@ def _caller_from_name(subject: str) -> Caller | None:
         attributes = _rfc4514(subject)
     except ValueError:
         return None  # not a subject we can read: no identity rather than a wrong one
-    common_names = [value for kind, value in attributes if kind == "cn"]
+    common_names = [value for kind, value in attributes if kind == "cn" and value]
     emails = [value for kind, value in attributes if kind in _EMAIL_ATTRIBUTES]
     return Caller(
         user=common_names[0] if common_names else subject,
@@ -74,7 +74,8 @@ def _caller_from_pem(pem: str | bytes) -> Caller | None:
         return value if isinstance(value, str) else value.decode("utf-8", "replace")
 
     # RFC 4514 writes the most specific RDN first; x509.Name lists it last.
-    user = text(common_names[-1].value) if common_names else subject.rfc4514_string()
+    names = [text(attribute.value) for attribute in common_names if attribute.value]
+    user = names[-1] if names else subject.rfc4514_string()
     email = text(emails[-1].value) if emails else (san_emails[0] if san_emails else None)
     return Caller(user=user, source="mtls", email=email)
 
