@@ -220,7 +220,9 @@ class OidcVerifier:
             self._inflight = None
 
     def _may_refetch(self) -> bool:
-        return self._clock() - self._last_fetch_at >= self._refetch_interval_s
+        elapsed = self._clock() - self._last_fetch_at
+        # A wall clock set back must not hold refetches off until it catches up.
+        return elapsed >= self._refetch_interval_s or elapsed < 0
 
     async def _load(self) -> bool:
         self._last_fetch_at = self._clock()

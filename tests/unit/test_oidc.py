@@ -125,10 +125,11 @@ async def test_audience_lists_and_azp(issuer: OidcIssuer, verifier: OidcVerifier
 
 
 async def test_nested_and_namespaced_group_claims(issuer: OidcIssuer, clock: Clock) -> None:
-    for claim, claims in [
+    cases: list[tuple[str, dict[str, Any]]] = [
         ("realm_access.roles", {"realm_access": {"roles": ["admin"]}}),
         ("https://example.com/groups", {"https://example.com/groups": ["admin"]}),
-    ]:
+    ]
+    for claim, claims in cases:
         verifier = OidcVerifier(issuer.url, AUDIENCE, groups_claim=claim, clock=clock)
         try:
             caller = await verifier.verify(issuer.mint(issuer.claims(**claims)))
