@@ -66,6 +66,8 @@ _FETCH_TIMEOUT_S: Final = 5.0
 # One discovery plus one key-set fetch, redirects included, never takes longer.
 _LOAD_DEADLINE_S: Final = 15.0
 _MAX_REDIRECTS: Final = 3
+# How long a request waits for a key fetch under way before it is refused (retryable).
+_REQUEST_WAIT_S = 3.0
 # Retrying an issuer that is down: start soon (it may just be starting too), back off.
 _FIRST_RETRY_S: Final = 0.5
 _MAX_RETRY_S: Final = 60.0
@@ -204,16 +206,23 @@ class OidcVerifier:
 
     # -- keys --------------------------------------------------------------------
 
-    async def _refresh(self) -> bool:
-        """Fetch the keys once; concurrent callers share one fetch. True on success."""
+    async def _refresh(self, *, wait: float | None = None) -> bool:
+        """Fetch the keys once; concurrent callers share one fetch. True on success.
+
+        `wait`: give up waiting (False) after that long; the fetch goes on.
+        """
         if self._closed:
             return False
         if self._inflight is None:
             self._inflight = asyncio.get_running_loop().create_task(self._load())
             self._inflight.add_done_callback(self._fetch_done)
-        # Shielded: a caller giving up (its request cancelled) must not cancel the
-        # fetch the others wait for.
-        return await asyncio.shield(self._inflight)
+        # Shielded: a caller giving up (its request cancelled, or `wait` over) must not
+        # cancel the fetch the others wait for.
+        try:
+            async with asyncio.timeout(wait):
+                return await asyncio.shield(self._inflight)
+        except TimeoutError:
+            return False
 
     def _fetch_done(self, task: asyncio.Task[bool]) -> None:
         if self._inflight is task:
@@ -298,7 +307,9 @@ class OidcVerifier:
         # refetch interval however many tokens ask, sharing a fetch already under way.
         fetched: bool | None = None
         if self._inflight is not None or self._may_refetch():
-            fetched = await self._refresh()
+            # A request waits a little for a slow issuer, not for as long as a fetch
+            # may take: an issuer that hangs must not hang every request with it.
+            fetched = await self._refresh(wait=_REQUEST_WAIT_S)
             key = self._select(kid, alg)
             if key is not None:
                 return key

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import jwt
 import pytest
 
-from flowwatch_gateway.access import AuthError, Caller, OidcVerifier
+from flowwatch_gateway.access import AuthError, Caller, OidcVerifier, oidc
 from tests.support.oidc_issuer import (
     AUDIENCE,
     OidcIssuer,
@@ -509,3 +510,64 @@ async def test_aclose_stops_background_retries(down_issuer: OidcIssuer) -> None:
     await verifier.aclose()
     error = await refused(verifier, down_issuer.mint())
     assert error.retryable
+
+
+async def test_an_issuer_that_never_answers_blocks_nothing(
+    issuer: OidcIssuer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A black hole (connections accepted, nothing ever answered) as the issuer."""
+    monkeypatch.setattr(oidc, "_REQUEST_WAIT_S", 0.3)
+    with socket.socket() as hole:
+        hole.bind(("127.0.0.1", 0))
+        hole.listen(16)
+        url = f"http://127.0.0.1:{hole.getsockname()[1]}"
+        verifier = OidcVerifier(url, AUDIENCE)
+        verifier.start()
+        try:
+            pending = asyncio.create_task(verifier.verify(issuer.mint()))
+            ticks = 0
+            for _ in range(20):  # the event loop keeps running other work meanwhile
+                await asyncio.sleep(0.01)
+                ticks += 1
+            assert ticks == 20
+            # The request gives up waiting for the fetch (which goes on).
+            with pytest.raises(AuthError) as caught:
+                await pending
+            assert caught.value.message == KEYS_UNAVAILABLE and caught.value.retryable
+            # Cancelling a waiting request leaves the shared fetch alone.
+            another = asyncio.create_task(verifier.verify(issuer.mint()))
+            await asyncio.sleep(0.01)
+            another.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await another
+        finally:
+            await verifier.aclose()
+
+
+async def test_concurrent_first_verifies_share_one_fetch(issuer: OidcIssuer, clock: Clock) -> None:
+    verifier = OidcVerifier(issuer.url, AUDIENCE, clock=clock)  # no start(): on demand
+    try:
+        tokens = [issuer.mint(issuer.claims(sub=f"user-{n}")) for n in range(50)]
+        callers = await asyncio.gather(*(verifier.verify(token) for token in tokens))
+    finally:
+        await verifier.aclose()
+    assert {caller.user for caller in callers} == {f"user-{n}" for n in range(50)}
+    assert issuer.discovery_fetches == 1 and issuer.jwks_fetches == 1
+
+
+async def test_an_oversized_discovery_document_is_not_used(
+    issuer: OidcIssuer, verifier: OidcVerifier
+) -> None:
+    issuer.discovery_overrides["padding"] = "x" * (1024 * 1024 + 1)
+    assert (await refused(verifier, issuer.mint())).retryable
+
+
+async def test_a_clock_set_back_does_not_hold_refetches_off(
+    issuer: OidcIssuer, verifier: OidcVerifier, clock: Clock
+) -> None:
+    assert await verifier.verify(issuer.mint())
+    new = issuer.add_key("RS256")
+    clock.advance(-3600)
+    token = issuer.mint(issuer.claims(), kid=new)
+    assert await verifier.verify(token)
+    assert issuer.jwks_fetches == 2
