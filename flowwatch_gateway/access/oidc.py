@@ -316,7 +316,7 @@ class OidcVerifier:
         if self._keys is None or fetched is False:
             raise AuthError(_KEYS_UNAVAILABLE, retryable=True)
         if kid is None:
-            raise AuthError("the token names no signing key (kid) and the issuer has several")
+            raise AuthError("the token names no signing key (kid) and no single key fits")
         raise AuthError("the token is signed with a key the issuer does not publish")
 
     # -- tokens ------------------------------------------------------------------
