@@ -17,6 +17,7 @@ __all__ = [
     "REJECTION_CODES",
     "RETRYABLE_CODES",
     "TRANSPORT_CODES",
+    "ReplyTooLarge",
     "UpstreamUnreached",
     "describe_failure",
     "from_python_exception",
@@ -68,6 +69,11 @@ class UpstreamUnreached(ConnectError):
     """A call that never reached the subsystem (refused, reset, unresolvable, or refused
     by the endpoint policy). Raised by the gateway's upstream transport, so that it can
     be told apart from an error the subsystem answered with the same code."""
+
+
+class ReplyTooLarge(ConnectError):
+    """A subsystem's reply (or one message of its stream) grew past the gateway's cap and
+    was cut off while it arrived: resource_exhausted, for that subsystem alone."""
 
 
 def from_python_exception(exc: ConnectError) -> bool:

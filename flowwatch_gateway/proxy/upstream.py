@@ -35,7 +35,7 @@ from connectrpc.interceptor import Interceptor
 from connectrpc.protocol import ProtocolType
 
 from flowwatch_gateway import exit_guard
-from flowwatch_gateway.errors import NEGOTIATION_FAILURE_CODES, UpstreamUnreached
+from flowwatch_gateway.errors import NEGOTIATION_FAILURE_CODES, ReplyTooLarge, UpstreamUnreached
 from flowwatch_gateway.gen.flowwatch.v1 import (
     analytics_service_connect,
     run_service_connect,
@@ -64,21 +64,121 @@ LISTEN_CHECK_TIMEOUT_S = 3.0
 READ_MAX_BYTES = 16 * 1024 * 1024
 
 
+# Connect (and gRPC) streams frame each message with a 5-byte prefix: flags, length.
+_ENVELOPED_TYPES = ("application/connect+", "application/grpc")
+_PREFIX = 5
+
+
+def too_large(limit: int = READ_MAX_BYTES) -> ReplyTooLarge:
+    return ReplyTooLarge(
+        Code.RESOURCE_EXHAUSTED, f"the subsystem's reply is larger than the limit of {limit} bytes"
+    )
+
+
+class _EnvelopeCap:
+    """Follows the message boundaries of an enveloped body as its bytes go past.
+
+    Only lengths are tracked (no bytes are kept), so a declared length over the cap
+    fails as soon as its prefix is seen, and a message can never bring more bytes than
+    it declared without the next prefix being read from them.
+    """
+
+    __slots__ = ("_left", "_limit", "_prefix")
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._prefix = bytearray()
+        self._left = 0  # bytes of the current message still to come
+
+    def feed(self, chunk: bytes | bytearray | memoryview) -> None:
+        view = memoryview(chunk)
+        at, size = 0, len(view)
+        while at < size:
+            if self._left:
+                step = min(self._left, size - at)
+                self._left -= step
+                at += step
+                continue
+            part = view[at : at + _PREFIX - len(self._prefix)]
+            self._prefix += part
+            at += len(part)
+            if len(self._prefix) == _PREFIX:
+                length = int.from_bytes(self._prefix[1:], "big")
+                self._prefix.clear()
+                if length > self._limit:
+                    raise too_large(self._limit)
+                self._left = length
+
+
+def capped_response(
+    response: pyqwest.Response, *, stream: bool = False, limit: int = READ_MAX_BYTES
+) -> pyqwest.Response:
+    """`response` whose body fails with ReplyTooLarge while it streams past `limit`.
+
+    A unary body (or any answer to a stream that is not a stream of messages: an
+    error) is capped as a whole; a successful stream per message, since a stream may
+    live for hours. Nothing is buffered here: chunks pass on as they arrive. Cut off,
+    closed early or failed, the underlying response is closed, which drops its
+    connection (HTTP/1.1) or resets its stream (HTTP/2), so the subsystem cannot keep
+    sending. Trailers are not carried over (the Connect protocol has none).
+    """
+    enveloped = (
+        stream
+        and response.status == 200
+        and (response.headers.get("content-type") or "").startswith(_ENVELOPED_TYPES)
+    )
+    return pyqwest.Response(
+        status=response.status,
+        http_version=response.http_version,
+        headers=response.headers,
+        content=_CappedBody(response, _EnvelopeCap(limit) if enveloped else None, limit),
+    )
+
+
+class _CappedBody:
+    """The capped body itself: closing it (as every reader does when done, failed or
+    gone) closes the response underneath, even before the first chunk was asked for."""
+
+    __slots__ = ("_chunks", "_envelopes", "_limit", "_read", "_response")
+
+    def __init__(
+        self, response: pyqwest.Response, envelopes: _EnvelopeCap | None, limit: int
+    ) -> None:
+        self._response = response
+        self._chunks = aiter(response.content)
+        self._envelopes = envelopes
+        self._limit = limit
+        self._read = 0
+
+    def __aiter__(self) -> _CappedBody:
+        return self
+
+    async def __anext__(self) -> bytes | bytearray | memoryview:
+        try:
+            chunk = await anext(self._chunks)
+            if self._envelopes is not None:
+                self._envelopes.feed(chunk)
+            else:
+                self._read += len(chunk)
+                if self._read > self._limit:
+                    raise too_large(self._limit)
+        except StopAsyncIteration:
+            raise
+        except BaseException:
+            await self.aclose()
+            raise
+        return chunk
+
+    async def aclose(self) -> None:
+        await self._response.aclose()
+
+
 async def read_capped(response: pyqwest.Response) -> bytes:
-    """A raw answer's body, refused past READ_MAX_BYTES as the generated clients refuse it."""
-    chunks = bytearray()
-    try:
-        async for chunk in response.content:
-            chunks.extend(chunk)
-            if len(chunks) > READ_MAX_BYTES:
-                raise ConnectError(
-                    Code.RESOURCE_EXHAUSTED,
-                    f"message is larger than configured max {READ_MAX_BYTES}",
-                )
-    except BaseException:
-        await response.aclose()  # a body read to its end needs no closing
-        raise
-    return bytes(chunks)
+    """A raw unary answer's whole body, refused past READ_MAX_BYTES (see capped_response)."""
+    body = bytearray()
+    async for chunk in capped_response(response).content:
+        body.extend(chunk)
+    return bytes(body)
 
 
 def _transport(mode: HttpMode) -> pyqwest.HTTPTransport:
@@ -266,7 +366,8 @@ _UNARY_CONTENT_TYPES = ("application/proto", "application/json")
 
 
 class GuardedTransport:
-    """The gateway's upstream transport: policy-checked, and clear about what never arrived.
+    """The gateway's upstream transport: policy-checked, bounded, and clear about what
+    never arrived.
 
     Registration checks an endpoint once; a name can later resolve elsewhere (DNS
     rebinding), so with a checker every request's endpoint is checked again before it
@@ -275,36 +376,44 @@ class GuardedTransport:
     a broadcast goes on with the others, and the caller is told so in the gateway's
     words. Every other error is the subsystem's own answer.
 
+    Every answer, whichever way it came, is read through `capped_response`: the one
+    place where a subsystem's reply is bounded (connectrpc's own limit is applied only
+    after a unary body was read whole).
+
     A unary call made while a request is served goes out through that request's
     REQUEST_LEG when there is one, to the address just checked.
     """
 
     def __init__(
-        self, inner: pyqwest.Transport, checker: EndpointChecker | None, mode: HttpMode = "h2c"
+        self,
+        inner: pyqwest.Transport,
+        checker: EndpointChecker | None,
+        mode: HttpMode = "h2c",
     ) -> None:
         self._inner = inner
         self._checker = checker
         self._mode = mode
 
     async def execute(self, request: pyqwest.Request) -> pyqwest.Response:
-        dial = None
+        stream = (request.headers.get("content-type") or "").startswith(_ENVELOPED_TYPES)
+        return capped_response(await self._send(request), stream=stream)
+
+    async def _send(self, request: pyqwest.Request) -> pyqwest.Response:
+        transport = self._inner
         if self._checker is not None:
             parts = urlsplit(request.url)
             try:
                 dial = await self._checker.dial_address(f"{parts.scheme}://{parts.netloc}")
             except ConnectError as exc:
                 raise UpstreamUnreached(Code.UNAVAILABLE, exc.message) from None
-        leg = REQUEST_LEG.get()
-        if (
-            leg is not None
-            and dial is not None
-            and request.headers.get("content-type") in _UNARY_CONTENT_TYPES
-        ):
-            answer = await leg.execute(request, self._mode, dial)
-            if answer is not None:
-                return answer
+            leg = REQUEST_LEG.get()
+            content_type = request.headers.get("content-type")
+            if leg is not None and dial is not None and content_type in _UNARY_CONTENT_TYPES:
+                answer = await leg.execute(request, self._mode, dial)
+                if answer is not None:
+                    return answer
         try:
-            return await self._inner.execute(request)
+            return await transport.execute(request)
         except ConnectError:
             raise
         except Exception as exc:  # refused, reset, DNS, TLS: the request never got an answer
