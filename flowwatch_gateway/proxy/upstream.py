@@ -21,6 +21,7 @@ import errno
 import functools
 import logging
 import socket
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -48,6 +49,7 @@ from flowwatch_gateway.registry.endpoints import (
     EndpointChecker,
     dial_text,
     endpoint_host_port,
+    is_ip_literal,
     resolve,
 )
 from flowwatch_gateway.timers import wake
@@ -181,7 +183,9 @@ async def read_capped(response: pyqwest.Response) -> bytes:
     return bytes(body)
 
 
-def _transport(mode: HttpMode) -> pyqwest.HTTPTransport:
+def _transport(
+    mode: HttpMode, dns_overrides: dict[str, list[str]] | None = None
+) -> pyqwest.HTTPTransport:
     if mode == "h2c":
         version: pyqwest.HTTPVersion | None = pyqwest.HTTPVersion.HTTP2
     elif mode == "http1":
@@ -198,6 +202,7 @@ def _transport(mode: HttpMode) -> pyqwest.HTTPTransport:
         enable_zstd=False,
         follow_redirects=False,
         enable_otel=False,
+        dns_overrides=dns_overrides,
     )
 
 
@@ -365,13 +370,19 @@ REQUEST_LEG: ContextVar[RequestLeg | None] = ContextVar("flowwatch_request_leg",
 _UNARY_CONTENT_TYPES = ("application/proto", "application/json")
 
 
+Pin = Callable[[HttpMode, str, str], pyqwest.Transport]
+"""(mode, host name, checked `address:port`) -> a transport that dials that name only there."""
+
+
 class GuardedTransport:
     """The gateway's upstream transport: policy-checked, bounded, and clear about what
     never arrived.
 
     Registration checks an endpoint once; a name can later resolve elsewhere (DNS
     rebinding), so with a checker every request's endpoint is checked again before it
-    is dialed (verdicts are cached briefly). A refusal, like a connection that could
+    is dialed (verdicts are cached briefly), and the connection goes to the address
+    that was checked: a host name is sent through `pin`'s transport for that address,
+    never resolved again by the HTTP client. A refusal, like a connection that could
     not be made, is `UpstreamUnreached` (unavailable): this subsystem cannot be asked,
     a broadcast goes on with the others, and the caller is told so in the gateway's
     words. Every other error is the subsystem's own answer.
@@ -389,10 +400,15 @@ class GuardedTransport:
         inner: pyqwest.Transport,
         checker: EndpointChecker | None,
         mode: HttpMode = "h2c",
+        *,
+        pin: Pin | None = None,
     ) -> None:
+        """`inner` carries requests to IP hosts, and every request when `pin` is None
+        (in-process transports, which resolve nothing)."""
         self._inner = inner
         self._checker = checker
         self._mode = mode
+        self._pin = pin
 
     async def execute(self, request: pyqwest.Request) -> pyqwest.Response:
         stream = (request.headers.get("content-type") or "").startswith(_ENVELOPED_TYPES)
@@ -406,35 +422,52 @@ class GuardedTransport:
                 dial = await self._checker.dial_address(f"{parts.scheme}://{parts.netloc}")
             except ConnectError as exc:
                 raise UpstreamUnreached(Code.UNAVAILABLE, exc.message) from None
+            if dial is None:
+                # Letting the HTTP client resolve it would connect to an unchecked address.
+                message = f"could not reach the subsystem: {parts.hostname} does not resolve"
+                raise UpstreamUnreached(Code.UNAVAILABLE, message)
             leg = REQUEST_LEG.get()
             content_type = request.headers.get("content-type")
-            if leg is not None and dial is not None and content_type in _UNARY_CONTENT_TYPES:
+            if leg is not None and content_type in _UNARY_CONTENT_TYPES:
                 answer = await leg.execute(request, self._mode, dial)
                 if answer is not None:
                     return answer
+            host = parts.hostname or ""
+            if self._pin is not None and not is_ip_literal(host):
+                transport = self._pin(self._mode, host, dial)
         try:
             return await transport.execute(request)
         except ConnectError:
             raise
-        except Exception as exc:  # refused, reset, DNS, TLS: the request never got an answer
+        except Exception as exc:  # refused, reset, TLS: the request never got an answer
             message = f"could not reach the subsystem: {exc}"
             raise UpstreamUnreached(Code.UNAVAILABLE, message) from exc
 
 
+# Transports pinned to one checked address each are made per (mode, name, address);
+# past this many the least recently used is let go (its calls in flight finish).
+PINNED_TRANSPORTS_MAX = 1024
+
+
 class SharedTransports:
-    """One pyqwest transport per HTTP mode, made on first use, shared by every subsystem."""
+    """One pyqwest transport per HTTP mode, made on first use, shared by every subsystem
+    registered at an IP address; one per checked address for those registered by name
+    (see GuardedTransport), at most PINNED_TRANSPORTS_MAX of them."""
 
     def __init__(
         self,
         checker: EndpointChecker | None = None,
         *,
         interceptors: Callable[[str], Sequence[Interceptor]] | None = None,
+        pinned_max: int = PINNED_TRANSPORTS_MAX,
     ) -> None:
         """`interceptors` gives the interceptors for one subsystem's clients, by its id."""
         self._checker = checker
         self._interceptors = interceptors
         self._by_mode: dict[HttpMode, pyqwest.HTTPTransport] = {}
         self._guarded: dict[HttpMode, GuardedTransport] = {}
+        self._pinned: OrderedDict[tuple[HttpMode, str, str], pyqwest.HTTPTransport] = OrderedDict()
+        self._pinned_max = pinned_max
 
     def connect(
         self, instance_id: str, endpoint: str, mode: HttpMode | None = None
@@ -443,7 +476,9 @@ class SharedTransports:
         transport = self._guarded.get(mode)
         if transport is None:
             plain = self._by_mode[mode] = _transport(mode)
-            transport = self._guarded[mode] = GuardedTransport(plain, self._checker, mode)
+            transport = self._guarded[mode] = GuardedTransport(
+                plain, self._checker, mode, pin=self.pinned
+            )
         interceptors = () if self._interceptors is None else self._interceptors(instance_id)
         return UpstreamClients(
             instance_id,
@@ -454,6 +489,21 @@ class SharedTransports:
             listening=functools.partial(self._listening, endpoint),
             refused_now=functools.partial(self._refused_now, endpoint),
         )
+
+    def pinned(self, mode: HttpMode, host: str, dial: str) -> pyqwest.Transport:
+        """The transport that connects `host` only to `dial` (the URL keeps the name, so
+        Host, :authority, TLS SNI and certificate checks are the name's)."""
+        key = (mode, host, dial)
+        transport = self._pinned.get(key)
+        if transport is not None:
+            self._pinned.move_to_end(key)
+            return transport
+        transport = self._pinned[key] = _transport(mode, {host: [dial]})
+        if len(self._pinned) > self._pinned_max:
+            # Not closed: a stream may still be reading from it; dropping the last
+            # reference frees it once its calls are done.
+            self._pinned.popitem(last=False)
+        return transport
 
     async def _listening(self, endpoint: str) -> bool:
         if self._checker is not None:
@@ -472,7 +522,9 @@ class SharedTransports:
         return dial is not None and tcp_refused_now(dial)
 
     async def aclose(self) -> None:
-        transports, self._by_mode, self._guarded = list(self._by_mode.values()), {}, {}
+        transports = [*self._by_mode.values(), *self._pinned.values()]
+        self._by_mode, self._guarded = {}, {}
+        self._pinned.clear()
         for transport in transports:
             await transport.aclose()
 
