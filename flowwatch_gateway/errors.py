@@ -87,9 +87,10 @@ def from_python_exception(exc: ConnectError) -> bool:
 def is_subsystems_answer(exc: ConnectError) -> bool:
     """Whether the subsystem itself answered with this error: its code and message are
     then its own words and reach the caller as they are. Timeouts and cancellations are
-    the gateway's doing, whatever a subsystem might have said, and an error made from an
-    exception on the gateway's side of the call is no answer at all."""
-    if isinstance(exc, UpstreamUnreached) or from_python_exception(exc):
+    the gateway's doing, whatever a subsystem might have said; an error made from an
+    exception on the gateway's side of the call is no answer at all, and neither is a
+    reply the gateway cut off for its size (what the subsystem meant never arrived)."""
+    if isinstance(exc, UpstreamUnreached | ReplyTooLarge) or from_python_exception(exc):
         return False
     return exc.code not in (Code.DEADLINE_EXCEEDED, Code.CANCELED)
 

@@ -112,58 +112,71 @@ class _EnvelopeCap:
                 self._left = length
 
 
-def capped_response(
+async def capped_response(
     response: pyqwest.Response, *, stream: bool = False, limit: int = READ_MAX_BYTES
 ) -> pyqwest.Response:
-    """`response` whose body fails with ReplyTooLarge while it streams past `limit`.
+    """`response` with its body bounded: the one rule for every reply from a subsystem.
 
-    A unary body (or any answer to a stream that is not a stream of messages: an
-    error) is capped as a whole; a successful stream per message, since a stream may
-    live for hours. Nothing is buffered here: chunks pass on as they arrive. Cut off,
-    closed early or failed, the underlying response is closed, which drops its
-    connection (HTTP/1.1) or resets its stream (HTTP/2), so the subsystem cannot keep
-    sending. Trailers are not carried over (the Connect protocol has none).
+    A unary body, or any answer to a stream that is not a stream of messages (an
+    error), is read here, refused past `limit` as it arrives (read_capped), and handed
+    on whole; a successful stream is passed on chunk by chunk as it arrives, each
+    message capped by its declared length (a stream may live for hours, so not as a
+    whole). Cut off, closed early or failed, the underlying response is closed, which
+    drops its connection (HTTP/1.1) or resets its stream (HTTP/2), so the subsystem
+    cannot keep sending. Trailers are not carried over (the Connect protocol has none).
     """
     enveloped = (
         stream
         and response.status == 200
         and (response.headers.get("content-type") or "").startswith(_ENVELOPED_TYPES)
     )
+    content: bytes | _CappedStream = (
+        _CappedStream(response, limit) if enveloped else await read_capped(response, limit)
+    )
     return pyqwest.Response(
         status=response.status,
         http_version=response.http_version,
         headers=response.headers,
-        content=_CappedBody(response, _EnvelopeCap(limit) if enveloped else None, limit),
+        content=content,
     )
 
 
-class _CappedBody:
-    """The capped body itself: closing it (as every reader does when done, failed or
-    gone) closes the response underneath, even before the first chunk was asked for."""
+async def read_capped(response: pyqwest.Response, limit: int = READ_MAX_BYTES) -> bytes:
+    """A raw answer's whole body, refused with ReplyTooLarge past `limit` as it arrives."""
+    body = bytearray()
+    try:
+        async for chunk in response.content:
+            body += chunk
+            if len(body) > limit:
+                raise too_large(limit)
+    except BaseException:
+        # The failure's traceback keeps this frame alive (for as long as the error is
+        # referenced, or until a garbage collection breaks a cycle): not the bytes too.
+        del body
+        await response.aclose()  # a body read to its end needs no closing
+        raise
+    return bytes(body)
 
-    __slots__ = ("_chunks", "_envelopes", "_limit", "_read", "_response")
 
-    def __init__(
-        self, response: pyqwest.Response, envelopes: _EnvelopeCap | None, limit: int
-    ) -> None:
+class _CappedStream:
+    """A stream's body, message by message within the cap; closing it (as every reader
+    does when done, failed or gone) closes the response underneath, even before the
+    first chunk was asked for."""
+
+    __slots__ = ("_chunks", "_envelopes", "_response")
+
+    def __init__(self, response: pyqwest.Response, limit: int) -> None:
         self._response = response
         self._chunks = aiter(response.content)
-        self._envelopes = envelopes
-        self._limit = limit
-        self._read = 0
+        self._envelopes = _EnvelopeCap(limit)
 
-    def __aiter__(self) -> _CappedBody:
+    def __aiter__(self) -> _CappedStream:
         return self
 
     async def __anext__(self) -> bytes | bytearray | memoryview:
         try:
             chunk = await anext(self._chunks)
-            if self._envelopes is not None:
-                self._envelopes.feed(chunk)
-            else:
-                self._read += len(chunk)
-                if self._read > self._limit:
-                    raise too_large(self._limit)
+            self._envelopes.feed(chunk)
         except StopAsyncIteration:
             raise
         except BaseException:
@@ -173,14 +186,6 @@ class _CappedBody:
 
     async def aclose(self) -> None:
         await self._response.aclose()
-
-
-async def read_capped(response: pyqwest.Response) -> bytes:
-    """A raw unary answer's whole body, refused past READ_MAX_BYTES (see capped_response)."""
-    body = bytearray()
-    async for chunk in capped_response(response).content:
-        body.extend(chunk)
-    return bytes(body)
 
 
 def _transport(
@@ -389,7 +394,7 @@ class GuardedTransport:
 
     Every answer, whichever way it came, is read through `capped_response`: the one
     place where a subsystem's reply is bounded (connectrpc's own limit is applied only
-    after a unary body was read whole).
+    after a unary body was read whole, and not at all to a stream's error body).
 
     A unary call made while a request is served goes out through that request's
     REQUEST_LEG when there is one, to the address just checked.
@@ -412,7 +417,7 @@ class GuardedTransport:
 
     async def execute(self, request: pyqwest.Request) -> pyqwest.Response:
         stream = (request.headers.get("content-type") or "").startswith(_ENVELOPED_TYPES)
-        return capped_response(await self._send(request), stream=stream)
+        return await capped_response(await self._send(request), stream=stream)
 
     async def _send(self, request: pyqwest.Request) -> pyqwest.Response:
         transport = self._inner

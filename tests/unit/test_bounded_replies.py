@@ -162,7 +162,7 @@ async def test_a_long_stream_of_small_messages_is_not_capped_as_a_whole() -> Non
     limit = 64  # far below what the whole stream carries
     fake = Endless(STREAM, body())
     request = pyqwest.Request("POST", "http://x/s", pyqwest.Headers([("content-type", STREAM)]))
-    answer = capped_response(await fake.execute(request), stream=True, limit=limit)
+    answer = await capped_response(await fake.execute(request), stream=True, limit=limit)
     received = bytearray()
     async for chunk in answer.content:
         received.extend(chunk)
@@ -180,7 +180,7 @@ async def test_a_stream_message_over_a_small_cap_fails_wherever_its_prefix_is_cu
 
         fake = Endless(STREAM, body())
         request = pyqwest.Request("POST", "http://x/s")
-        answer = capped_response(await fake.execute(request), stream=True, limit=10)
+        answer = await capped_response(await fake.execute(request), stream=True, limit=10)
         with pytest.raises(ReplyTooLarge):
             async for _ in answer.content:
                 pass
@@ -201,11 +201,13 @@ async def test_read_capped_reads_a_reply_within_the_cap_and_refuses_more() -> No
     bounded(fake)
 
 
-async def test_a_reply_closed_unread_closes_the_subsystems_response() -> None:
-    fake = Endless(PROTO, zeros())
+async def test_a_stream_closed_unread_closes_the_subsystems_response() -> None:
+    fake = Endless(STREAM, forever_after(envelope(b"first")))
     guarded = GuardedTransport(fake, None)
-    answer = await guarded.execute(pyqwest.Request("POST", "http://x/u"))
-    async for _ in answer.content:
+    headers = pyqwest.Headers([("content-type", STREAM)])
+    answer = await guarded.execute(pyqwest.Request("POST", "http://x/s", headers))
+    async for chunk in answer.content:
+        assert bytes(chunk) == envelope(b"first")
         break
     await answer.aclose()
     assert fake.closed
