@@ -9,6 +9,10 @@ nothing. The attack itself (a rebinding DNS server) is tests/e2e/test_rebinding.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import shutil
+import ssl
+from pathlib import Path
 
 import pyqwest
 import pytest
@@ -22,6 +26,7 @@ from flowwatch_gateway.proxy.upstream import (
     read_capped,
 )
 from flowwatch_gateway.registry.endpoints import EndpointChecker, EndpointPolicy
+from tests.support.rebinding import NAME, make_certificates
 
 pytestmark = pytest.mark.anyio
 
@@ -103,6 +108,40 @@ async def test_a_pinned_transport_connects_the_name_to_its_address_without_resol
         assert answer.status == 200
         assert await read_capped(answer) == b"ok"
         assert hosts == [f"sub.flowwatch.invalid:{port}".encode()]
+    finally:
+        await transports.aclose()
+        server.close()
+        await server.wait_closed()
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl to make certificates")
+async def test_a_pinned_https_transport_verifies_the_certificate_for_the_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Connected to an address, the certificate is still checked for the endpoint's name."""
+    ca, cert, key = make_certificates(tmp_path)  # for NAME, from a CA of the test's own
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca))  # honoured with tls_include_system_certs
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, ssl.SSLError):
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
+            await writer.drain()
+        writer.close()
+
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=context)
+    port = server.sockets[0].getsockname()[1]
+    transports = SharedTransports()
+    try:
+        pinned = transports.pinned("tls", NAME, f"127.0.0.1:{port}")
+        answer = await pinned.execute(pyqwest.Request("GET", f"https://{NAME}:{port}/"))
+        assert await read_capped(answer) == b"ok"
+        other = "other.flowwatch.test"
+        wrong = transports.pinned("tls", other, f"127.0.0.1:{port}")
+        with pytest.raises(ConnectionError, match="certificate"):
+            await wrong.execute(pyqwest.Request("GET", f"https://{other}:{port}/"))
     finally:
         await transports.aclose()
         server.close()
