@@ -4,8 +4,12 @@ connectrpc's generated clients over pyqwest measured 3-20x more calls/s than htt
 on this hot path (see README), so they are used here; httpx stays for tests and
 tools. Every subsystem's clients share one pyqwest transport per HTTP mode (a
 transport pools connections per host): a thousand subsystems, or a subsystem
-retried for hours, cost client objects, not transports. Binary protobuf, no
-compression either way, and a cap on the size of any reply: requests are small, and
+retried for hours, cost client objects, not transports. An endpoint given by name
+is the exception: it goes through a transport pinned to the address just checked
+(GuardedTransport), since pyqwest would otherwise resolve the name again.
+
+Binary protobuf, no compression either way, and a cap on the size of any reply
+(capped_response, the one place every answer is read through): requests are small, and
 a subsystem deflating a page of 50 runs (10 kB) spent longer on it (about 180 µs)
 than a 1 Gbit/s link takes to carry the whole page (80 µs), and the gateway then
 spent more undoing it.

@@ -9,6 +9,8 @@ while a long stream of small messages goes on for as long as it lasts.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gzip
 import struct
 from collections.abc import AsyncIterator
 
@@ -23,6 +25,7 @@ from flowwatch_gateway.gen.flowwatch.v1 import workflow_service_pb2 as wf
 from flowwatch_gateway.proxy.upstream import (
     READ_MAX_BYTES,
     GuardedTransport,
+    SharedTransports,
     UpstreamClients,
     capped_response,
     read_capped,
@@ -211,3 +214,33 @@ async def test_a_stream_closed_unread_closes_the_subsystems_response() -> None:
         break
     await answer.aclose()
     assert fake.closed
+
+
+async def test_a_compressed_bomb_is_capped_by_what_it_inflates_to() -> None:
+    """A few hundred kB of gzip that inflate past the cap, over a real socket: the bytes
+    counted are those pyqwest hands on after decompressing."""
+    bomb = gzip.compress(bytes(READ_MAX_BYTES * 2), compresslevel=9)
+    assert len(bomb) < READ_MAX_BYTES // 100
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            await reader.readuntil(b"\r\n\r\n")
+            head = (
+                "HTTP/1.1 200 OK\r\ncontent-type: application/proto\r\n"
+                f"content-encoding: gzip\r\ncontent-length: {len(bomb)}\r\n\r\n"
+            )
+            writer.write(head.encode() + bomb)
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    transports = SharedTransports()
+    try:
+        hostile = transports.connect("bomb", f"http://127.0.0.1:{port}", "http1")
+        with pytest.raises(ReplyTooLarge):
+            await hostile.workflows.get_capabilities(wf.GetCapabilitiesRequest())
+    finally:
+        await transports.aclose()
+        server.close()
+        await server.wait_closed()
