@@ -4,9 +4,9 @@ tests/e2e/test_rebinding.py creates the namespace and runs `drive` in it with
 `ip netns exec`, which puts /etc/netns/NAME/resolv.conf (nameserver 127.0.0.1) over
 /etc/resolv.conf, so every resolver in these processes asks RebindingDns:
 
-- RebindingDns answers NAME with 127.0.0.1 until both subsystems are registered, then
-  with 127.0.0.1 or 127.0.0.2 at random (TTL 0): a check that sees 127.0.0.1 may well
-  be followed by a lookup that sees 127.0.0.2.
+- RebindingDns answers NAME with 127.0.0.1 or 127.0.0.2 at random (TTL 0): a check
+  that sees 127.0.0.1 may well be followed by a lookup that sees 127.0.0.2. A
+  registration whose check saw 127.0.0.2 is refused, and tried again.
 - Real demo subsystems listen on 127.0.0.1 (one plain, one https with a certificate
   for NAME from a test CA the gateway trusts through SSL_CERT_FILE) and print the
   Host header of every request; a Trap on 127.0.0.2 at the same ports counts any
@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import random
@@ -51,7 +52,7 @@ from flowwatch_gateway.gen.flowwatch.v1 import stream_service_connect
 from flowwatch_gateway.gen.flowwatch.v1 import stream_service_pb2 as stream
 from flowwatch_gateway.processes import Child, free_port
 from tests.support.harness import ROOT, STARTUP_TIMEOUT, GatewayProcess, start_gateway
-from tests.support.upstreams import start_demo_server, start_registrar, wait_until
+from tests.support.upstreams import start_demo_server, start_registrar
 
 NAME = "sub.flowwatch.test"
 CHECKED = "127.0.0.1"
@@ -62,12 +63,14 @@ RPCS = (
     "RunService/GetRun",
     "StreamService/WatchStats",
 )
+REGISTER_TRIES = 30
 DRIVE_TIMEOUT_S = float(os.environ.get("FLOWWATCH_REBIND_DRIVE_S", "150"))
 
 
 class RebindingDns:
     """UDP DNS on 127.0.0.1:53: A for NAME is CHECKED, or once armed CHECKED or DENIED by
-    a coin toss per query (TTL 0); AAAA for NAME is empty; other names do not exist."""
+    a coin toss per query (TTL 0); AAAA for NAME is empty; other names do not exist.
+    It is armed once the demo servers are ready (their readiness waits use no name)."""
 
     def __init__(self) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -77,7 +80,6 @@ class RebindingDns:
         # A coin rather than strict turns: several resolvers share this server, and
         # turns could leave one of them always on the same side.
         self._coin = random.Random(20261208)
-        # Until armed every answer is CHECKED, so that both registrations are accepted.
         self.armed = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
@@ -280,11 +282,23 @@ def gateways(server: str, deny: str, env: dict[str, str]) -> Iterator[tuple[str,
         yield front.url, viewer.url
 
 
-def listed(url: str) -> set[str]:
-    response = post(url, "WorkflowService/ListSubsystems", {})
-    if response.status_code != 200:
-        return set()
-    return {s["subsystem"]["id"] for s in response.json().get("subsystems", [])}
+def _settled(registrar: Child) -> bool:
+    logs = registrar.logs()
+    return "REGISTERED accepted=True" in logs or "ENDED" in logs
+
+
+def register(url: str, subsystem_id: str, endpoint: str) -> tuple[Child, int]:
+    """A registrar whose registration was accepted, and how many tries that took: the
+    gateway refuses one whose check saw the denied address, and the registrar then ends."""
+    for tries in range(1, REGISTER_TRIES + 1):
+        registrar = start_registrar(url, subsystem_id, endpoint)
+        registrar.wait_for(
+            functools.partial(_settled, registrar), STARTUP_TIMEOUT, "registered or refused"
+        )
+        if "REGISTERED accepted=True" in registrar.logs():
+            return registrar, tries
+        registrar.close()
+    raise AssertionError(f"{subsystem_id} was never registered in {REGISTER_TRIES} tries")
 
 
 def drive(server: str, workdir: Path) -> dict[str, Any]:
@@ -302,10 +316,15 @@ def drive(server: str, workdir: Path) -> dict[str, Any]:
         secure = start_tls_demo(tls_port, cert, key)
         children.append(secure)
         with gateways(server, DENIED, env) as (register_url, call_url):
-            children.append(start_registrar(register_url, "sub", f"http://{NAME}:{plain_port}"))
-            children.append(start_registrar(register_url, "subtls", f"https://{NAME}:{tls_port}"))
-            wait_until(lambda: {"sub", "subtls"} <= listed(register_url), 60, "both registrations")
-            dns.armed.set()
+            dns.armed.set()  # from the first registration on
+            refused = 0
+            for subsystem_id, endpoint in (
+                ("sub", f"http://{NAME}:{plain_port}"),
+                ("subtls", f"https://{NAME}:{tls_port}"),
+            ):
+                registrar, tries = register(register_url, subsystem_id, endpoint)
+                children.append(registrar)
+                refused += tries - 1
             rows: set[str] = set()
             found_runs: set[str] = set()
             snapshots = 0
@@ -338,6 +357,7 @@ def drive(server: str, workdir: Path) -> dict[str, Any]:
             "rows_from": sorted(rows),
             "runs_found": sorted(found_runs),
             "snapshots": snapshots,
+            "registrations_refused": refused,
         }
     finally:
         for child in reversed(children):
