@@ -210,6 +210,7 @@ def test_list_subsystems_lists_both(stack: Stack) -> None:
     assert response.status_code == 200, response.text
     listed = {s["subsystem"]["id"] for s in response.json()["subsystems"]}
     assert listed == {"orders", "hostile"}
+    stack.wait_cut("WorkflowService/ListSubsystems")  # the hostile one was asked, and cut
     stack.assert_bounded()
 
 
