@@ -448,7 +448,10 @@ class PolicyFile:
         self._interval = check_interval_s
         self._lock = threading.Lock()
         # At start a bad file is fatal: better refuse to start than guess a policy.
-        self._signature, self._policy = self._read()
+        self._signature, outcome = self._read()
+        if isinstance(outcome, PolicyError):
+            raise outcome
+        self._policy: Policy = outcome
         self._next_check = self._clock.monotonic() + check_interval_s
 
     def current(self) -> Policy:
@@ -477,30 +480,32 @@ class PolicyFile:
             self._take()
 
     def _take(self) -> bool:
-        try:
-            signature, policy = self._read()
-        except PolicyError as exc:
-            # Remember the bad version so it is reported once, not at every check.
-            try:
-                self._signature = _signature(os.stat(self.path))
-            except OSError:
-                self._signature = _MISSING
-            log.error("%s; still using the policy loaded before (%s)", exc, self._policy.describe())
+        signature, outcome = self._read()
+        # Remembered good or bad, so a bad version is reported once, not at every check.
+        self._signature = signature
+        if isinstance(outcome, PolicyError):
+            log.error(
+                "%s; still using the policy loaded before (%s)", outcome, self._policy.describe()
+            )
             return False
-        self._signature, self._policy = signature, policy
-        log.info("%s loaded: %s", self._source, policy.describe())
+        self._policy = outcome
+        log.info("%s loaded: %s", self._source, outcome.describe())
         return True
 
-    def _read(self) -> tuple[_Signature, Policy]:
+    def _read(self) -> tuple[_Signature, Policy | PolicyError]:
+        """The file's signature and its policy (or why it has none), from one open."""
+        signature = _MISSING
         try:
             with self.path.open("rb") as file:
                 # The signature of what was read: a change during the read shows later.
                 signature = _signature(os.fstat(file.fileno()))
-                data = file.read()
-            text = data.decode("utf-8")
+                text = file.read().decode("utf-8")
         except (OSError, UnicodeDecodeError) as exc:
-            raise PolicyError(f"{self._source}: cannot read it ({exc})") from None
-        return signature, Policy.parse(text, self._source)
+            return signature, PolicyError(f"{self._source}: cannot read it ({exc})")
+        try:
+            return signature, Policy.parse(text, self._source)
+        except PolicyError as exc:
+            return signature, exc
 
 
 # --- start-up warning --------------------------------------------------------------------
