@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import json
 import socket
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import h2.config
@@ -25,14 +23,12 @@ import h2.connection
 import h2.events
 import pytest
 
-from flowwatch_gateway.processes import Child, child_env, free_port
 from flowwatch_gateway.serving.canonical import NOT_CANONICAL_MESSAGE
-from tests.support.front_apps import ALLOWED_HOSTS_ENV
-from tests.support.harness import ROOT, start_gateway
+from tests.support.front_servers import FrontServer
+from tests.support.harness import start_gateway
 
 SERVERS = ["uvicorn", "pyvoy"]
 ALLOWED_HOSTS = "gateway.test, *.flowwatch.test, localhost"
-STARTUP_TIMEOUT = 30.0
 
 # Spellings of one rpc path (or a probe) that both servers decode or pass on as sent.
 DECODED = {
@@ -127,31 +123,6 @@ def http2(port: int, path: str, authority: str = "localhost") -> Answer:
     return Answer(status, body)
 
 
-class Served(Child):
-    """uvicorn or pyvoy (its command line) serving `app` on a free loopback port."""
-
-    def __init__(self, server: str, app: str, allowed_hosts: str) -> None:
-        self.port = free_port()
-        if server == "uvicorn":
-            command = [sys.executable, "-m", "uvicorn", app, "--log-level", "warning"]
-        else:
-            command = [str(Path(sys.executable).with_name("pyvoy")), app, "--worker-threads", "1"]
-        env = child_env({ALLOWED_HOSTS_ENV: allowed_hosts, "PYTHONPATH": str(ROOT)})
-        super().__init__(f"{server} {app}", [*command, "--port", str(self.port)], env=env, cwd=ROOT)
-        self.start()
-        try:
-            self.wait_for(self._answers, STARTUP_TIMEOUT, "serving")
-        except BaseException:
-            self.close()
-            raise
-
-    def _answers(self) -> bool:
-        try:
-            return http1(self.port, "/healthz").status > 0
-        except OSError:
-            return False
-
-
 @pytest.fixture(scope="module", params=SERVERS)
 def server(request: pytest.FixtureRequest) -> str:
     return str(request.param)
@@ -159,13 +130,13 @@ def server(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture(scope="module")
 def bare(server: str) -> Iterator[int]:
-    with Served(server, "tests.support.front_apps:bare", "") as child:
+    with FrontServer(server, "tests.support.front_apps:bare", "") as child:
         yield child.port
 
 
 @pytest.fixture(scope="module")
 def guarded(server: str) -> Iterator[int]:
-    with Served(server, "tests.support.front_apps:app", ALLOWED_HOSTS) as child:
+    with FrontServer(server, "tests.support.front_apps:app", ALLOWED_HOSTS) as child:
         yield child.port
 
 

@@ -1,7 +1,7 @@
 """A tiny app behind the front layers (CanonicalPaths, HostGuard), for real servers.
 
 Served by uvicorn or pyvoy as `tests.support.front_apps:app`; it answers every request
-with what the server handed the app (path, raw_path, host) as JSON, so a test sees
+with what the server handed the app (path, raw_path, host, headers) as JSON, so a test sees
 both what the layers refused and what got through. FRONT_ALLOWED_HOSTS is the
 allow-list (GATEWAY_ALLOWED_HOSTS' format; empty = any host).
 """
@@ -36,6 +36,10 @@ async def echo(scope: Scope, receive: Receive, send: Send) -> None:
             "path": scope["path"],
             "raw_path": None if raw is None else bytes(raw).decode("latin-1"),
             "host": host_header(scope),
+            "headers": [
+                [bytes(name).decode("latin-1"), bytes(value).decode("latin-1")]
+                for name, value in scope.get("headers", ())
+            ],
             "http_version": scope.get("http_version"),
         }
     ).encode()
