@@ -50,6 +50,11 @@ def run_serve(args: argparse.Namespace) -> int:
     flags = {setting.flag: getattr(args, _flag_dest(setting.flag)) for setting in SETTINGS}
     try:
         config = GatewayConfig.from_sources(os.environ, flags)
+        if config.policy_file is not None:
+            # A bad policy stops start-up here; later bad edits keep the last good one.
+            from flowwatch_gateway.access.policy import PolicyFile
+
+            PolicyFile(config.policy_file)
     except ConfigError as exc:
         print(f"flowwatch-gateway serve: configuration error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -8,6 +8,7 @@ back to a default.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -130,6 +131,18 @@ class GatewayConfig:
     request_header_timeout: float = 10.0
     idle_timeout: float = 120.0
     max_connections: int = 10_000
+    # Access control (flowwatch_gateway/access/, docs/access.md). No policy file: the
+    # open policy (everyone is admin); no audit file: audit records go to the log only.
+    policy_file: Path | None = None
+    audit_log: Path | None = None
+    # Token verification: empty issuer = none. The audience is then required.
+    oidc_issuer: str = ""
+    oidc_audience: str = ""
+    oidc_groups_claim: str = "groups"
+    # Peers (normalised CIDRs) whose X-Forwarded-User/-Groups headers are believed.
+    auth_proxy_trusted: tuple[str, ...] = ()
+    # Host / :authority allow-list (lower-case host patterns, optional :port); empty = any.
+    allowed_hosts: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _check(1 <= self.port <= 65535, "port", self.port, "must be between 1 and 65535")
@@ -194,6 +207,22 @@ class GatewayConfig:
                 parse_addr(self.metrics_addr)
             except ValueError as exc:
                 raise ConfigError(f"metrics_addr {exc}, got {self.metrics_addr!r}") from None
+        if self.oidc_issuer and not self.oidc_audience:
+            raise ConfigError(
+                "GATEWAY_OIDC_AUDIENCE (--oidc-audience) must be set when GATEWAY_OIDC_ISSUER "
+                f"is set ({self.oidc_issuer!r}): tokens are accepted only when their `aud` "
+                "names this gateway, so a token issued for another application is refused"
+            )
+        if self.oidc_audience and not self.oidc_issuer:
+            raise ConfigError(
+                "GATEWAY_OIDC_AUDIENCE (--oidc-audience) is set but GATEWAY_OIDC_ISSUER is not: "
+                "no token would be verified; set the issuer too, or unset the audience"
+            )
+        if not self.oidc_groups_claim:
+            raise ConfigError(
+                "GATEWAY_OIDC_GROUPS_CLAIM (--oidc-groups-claim) must not be empty "
+                "(default: groups)"
+            )
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError(
                 "GATEWAY_TLS_CERT (--tls-cert) and GATEWAY_TLS_KEY (--tls-key) must be set "
@@ -278,6 +307,13 @@ class GatewayConfig:
             "GATEWAY_REQUEST_HEADER_TIMEOUT": format_go_duration(self.request_header_timeout),
             "GATEWAY_IDLE_TIMEOUT": format_go_duration(self.idle_timeout),
             "GATEWAY_MAX_CONNECTIONS": str(self.max_connections),
+            "GATEWAY_POLICY_FILE": str(self.policy_file or ""),
+            "GATEWAY_AUDIT_LOG": str(self.audit_log or ""),
+            "GATEWAY_OIDC_ISSUER": self.oidc_issuer,
+            "GATEWAY_OIDC_AUDIENCE": self.oidc_audience,
+            "GATEWAY_OIDC_GROUPS_CLAIM": self.oidc_groups_claim,
+            "GATEWAY_AUTH_PROXY_TRUSTED": ",".join(self.auth_proxy_trusted),
+            "GATEWAY_ALLOWED_HOSTS": ",".join(self.allowed_hosts),
         }
         return env
 
@@ -456,6 +492,107 @@ def parse_redis_url(text: str) -> dict[str, Any]:
     if parts.scheme != "unix" and db and not db.isdigit():
         raise ValueError(f"{redact_url(url)!r}: the path must be a database number like /0")
     return {"redis_url": url}
+
+
+def _audit_log_field(text: str) -> dict[str, Any]:
+    """Empty (audit records go to the log only) or a file the gateway can append to."""
+    if not text.strip():
+        return {"audit_log": None}
+    path = Path(text.strip())
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory; name a file in it, e.g. {path / 'audit.log'}")
+    if not path.parent.is_dir():
+        raise ValueError(f"the directory {path.parent} does not exist; create it first")
+    writable = os.access(path, os.W_OK) if path.exists() else os.access(path.parent, os.W_OK)
+    if not writable:
+        raise ValueError(f"{path} cannot be written by this user")
+    return {"audit_log": path}
+
+
+def parse_oidc_issuer(text: str) -> dict[str, Any]:
+    """Empty (no token verification) or the issuer URL exactly as tokens carry it in `iss`."""
+    issuer = text.strip()
+    if not issuer:
+        return {"oidc_issuer": ""}
+    parts = urlsplit(issuer)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(
+            "expected the issuer's URL, e.g. https://login.example.com/realms/ops "
+            "(the `iss` of its tokens)"
+        )
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise ValueError("the issuer URL must not contain credentials, a query or a fragment")
+    try:
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError:
+        raise ValueError("the issuer URL has an invalid port") from None
+    # Not normalised (no trailing slash added or removed): `iss` is compared as text.
+    return {"oidc_issuer": issuer}
+
+
+_TOKEN_TEXT = re.compile(r"[^\s\x00-\x1f\x7f]+")
+
+
+def _token_text_field(name: str, example: str) -> Callable[[str], dict[str, Any]]:
+    """A claim value or name: no spaces or control characters (empty = unset)."""
+
+    def parse(text: str) -> dict[str, Any]:
+        value = text.strip()
+        if value and not _TOKEN_TEXT.fullmatch(value):
+            raise ValueError(f"must not contain spaces or control characters, e.g. {example}")
+        return {name: value}
+
+    return parse
+
+
+def parse_trusted_proxies(text: str) -> dict[str, Any]:
+    """Comma-separated IP addresses and CIDRs, kept as normalised networks."""
+    networks = []
+    for part in (item.strip() for item in text.split(",")):
+        if not part:
+            continue
+        try:
+            network = ipaddress.ip_network(part, strict=True)
+        except ValueError:
+            try:
+                loose = ipaddress.ip_network(part, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"{part!r} is not an IP address or CIDR (e.g. 10.0.0.5, 10.0.0.0/24, "
+                    "fd00::/8); host names are not accepted: the peer address is compared"
+                ) from None
+            raise ValueError(f"{part!r} has host bits set; write {loose}") from None
+        networks.append(str(network))
+    return {"auth_proxy_trusted": tuple(networks)}
+
+
+# A host name or pattern (fnmatch * and ?), an IPv4 address or a bracketed IPv6 one,
+# optionally with :port or :* (the Host header carries the port when it is not the default).
+_HOST_PATTERN = re.compile(
+    r"(?:\[[0-9a-f:.*]+\]|[a-z0-9*?_-]+(?:\.[a-z0-9*?_-]+)*\.?)(?::(?P<port>\d{1,5}|\*))?"
+)
+
+
+def parse_allowed_hosts(text: str) -> dict[str, Any]:
+    """Comma-separated host names or patterns accepted in Host / :authority (empty = any)."""
+    hosts = []
+    for part in (item.strip().lower() for item in text.split(",")):
+        if not part:
+            continue
+        if "://" in part or "/" in part:
+            host = urlsplit(part if "://" in part else f"//{part}").netloc or part
+            raise ValueError(f"{part!r} is not a host; write the host only, e.g. {host}")
+        match = _HOST_PATTERN.fullmatch(part)
+        if part != "*" and match is None:
+            raise ValueError(
+                f"{part!r} is not a host name or pattern (e.g. gateway.example.com, "
+                "*.example.com, gateway.internal:8091, [::1]:8091)"
+            )
+        port = match.group("port") if match else None
+        if port is not None and port != "*" and not 1 <= int(port) <= 65535:
+            raise ValueError(f"{part!r}: the port must be between 1 and 65535")
+        hosts.append(part)
+    return {"allowed_hosts": tuple(hosts)}
 
 
 @dataclass(frozen=True)
@@ -713,5 +850,66 @@ SETTINGS: tuple[Setting, ...] = (
         "holds one for its Register stream)",
         _positive_int_field("max_connections"),
         ("max_connections",),
+    ),
+    Setting(
+        "GATEWAY_POLICY_FILE",
+        "--policy-file",
+        "",
+        "YAML file of role bindings (viewer, operator, admin per subject and subsystem; "
+        "docs/access.md), reloaded when it changes; empty: everyone may do everything",
+        _optional_file_field("policy_file"),
+        ("policy_file",),
+    ),
+    Setting(
+        "GATEWAY_AUDIT_LOG",
+        "--audit-log",
+        "",
+        "file every action is appended to as one JSON line (reopened after logrotate moves "
+        "it); empty: audit records go to the log only",
+        _audit_log_field,
+        ("audit_log",),
+    ),
+    Setting(
+        "GATEWAY_OIDC_ISSUER",
+        "--oidc-issuer",
+        "",
+        "https (or http) URL of the OpenID Connect issuer whose bearer tokens identify "
+        "callers; empty: no token verification",
+        parse_oidc_issuer,
+        ("oidc_issuer",),
+    ),
+    Setting(
+        "GATEWAY_OIDC_AUDIENCE",
+        "--oidc-audience",
+        "",
+        "the `aud` a token must carry to be accepted; required with --oidc-issuer",
+        _token_text_field("oidc_audience", "flowwatch-gateway"),
+        ("oidc_audience",),
+    ),
+    Setting(
+        "GATEWAY_OIDC_GROUPS_CLAIM",
+        "--oidc-groups-claim",
+        "groups",
+        "the token claim that lists the caller's groups (policy subjects group:NAME)",
+        _token_text_field("oidc_groups_claim", "groups"),
+        ("oidc_groups_claim",),
+    ),
+    Setting(
+        "GATEWAY_AUTH_PROXY_TRUSTED",
+        "--auth-proxy-trusted",
+        "",
+        "comma-separated IP addresses and CIDRs of authenticating proxies whose "
+        "X-Forwarded-User / X-Forwarded-Groups headers are believed; empty: none",
+        parse_trusted_proxies,
+        ("auth_proxy_trusted",),
+    ),
+    Setting(
+        "GATEWAY_ALLOWED_HOSTS",
+        "--allowed-hosts",
+        "",
+        "comma-separated host names or patterns (*.example.com, host:port) a request's "
+        "Host / :authority must match; empty: any",
+        parse_allowed_hosts,
+        ("allowed_hosts",),
     ),
 )

@@ -17,6 +17,7 @@ __all__ = [
     "REJECTION_CODES",
     "RETRYABLE_CODES",
     "TRANSPORT_CODES",
+    "ReplyTooLarge",
     "UpstreamUnreached",
     "describe_failure",
     "from_python_exception",
@@ -70,6 +71,11 @@ class UpstreamUnreached(ConnectError):
     be told apart from an error the subsystem answered with the same code."""
 
 
+class ReplyTooLarge(ConnectError):
+    """A subsystem's reply (or one message of its stream) grew past the gateway's cap and
+    was cut off while it arrived: resource_exhausted, for that subsystem alone."""
+
+
 def from_python_exception(exc: ConnectError) -> bool:
     """Whether this error was made from a Python exception, its message that exception's
     text (a broken connection, bytes that do not decode as the message): connectrpc,
@@ -81,9 +87,10 @@ def from_python_exception(exc: ConnectError) -> bool:
 def is_subsystems_answer(exc: ConnectError) -> bool:
     """Whether the subsystem itself answered with this error: its code and message are
     then its own words and reach the caller as they are. Timeouts and cancellations are
-    the gateway's doing, whatever a subsystem might have said, and an error made from an
-    exception on the gateway's side of the call is no answer at all."""
-    if isinstance(exc, UpstreamUnreached) or from_python_exception(exc):
+    the gateway's doing, whatever a subsystem might have said; an error made from an
+    exception on the gateway's side of the call is no answer at all, and neither is a
+    reply the gateway cut off for its size (what the subsystem meant never arrived)."""
+    if isinstance(exc, UpstreamUnreached | ReplyTooLarge) or from_python_exception(exc):
         return False
     return exc.code not in (Code.DEADLINE_EXCEEDED, Code.CANCELED)
 

@@ -10,12 +10,17 @@ from __future__ import annotations
 import heapq
 import time
 from collections.abc import Mapping
+from contextvars import ContextVar
+from typing import Protocol
 
 __all__ = [
     "ANALYTICS_METHOD_HEADER",
     "APPROXIMATE_HEADER",
+    "CALLER_SCOPE",
     "PARTIAL_FAILURE_HEADER",
+    "UNRESTRICTED",
     "CallContext",
+    "CallerScope",
 ]
 
 PARTIAL_FAILURE_HEADER = "flowwatch-partial-failure"
@@ -28,6 +33,54 @@ ANALYTICS_METHOD_HEADER = "flowwatch-analytics-method"
 # limits (16 KiB in many clients) at a few hundred failures, and the call then fails
 # as a whole. The complete list stays in `partial_failures` (logs, metrics).
 PARTIAL_FAILURE_HEADER_MAX_NAMED = 20
+
+
+class CallerScope(Protocol):
+    """What the caller may do, subsystem by subsystem: decided by flowwatch_gateway.access,
+    asked by the proxy (which subsystems a read covers, whether an action may be sent)."""
+
+    def may_read(self, subsystem_id: str) -> bool: ...
+
+    def may_act(self, subsystem_id: str) -> bool: ...
+
+    @property
+    def admin(self) -> bool:
+        """May see endpoints, configuration and /status."""
+        ...
+
+    @property
+    def who(self) -> str:
+        """The caller as messages and the audit trail name it."""
+        ...
+
+
+class _Unrestricted:
+    """No access control configured: everyone may do everything (the default)."""
+
+    def may_read(self, subsystem_id: str) -> bool:
+        return True
+
+    def may_act(self, subsystem_id: str) -> bool:
+        return True
+
+    @property
+    def admin(self) -> bool:
+        return True
+
+    @property
+    def who(self) -> str:
+        return "anyone"
+
+
+UNRESTRICTED: CallerScope = _Unrestricted()
+
+# The scope of the request being served, or the error that refuses it (no identity
+# where one is needed, a bad token). The serving layer that authenticates a request
+# sets it for the request's task; the service layer and the passthrough read it into
+# their CallContext, and nothing else reads it.
+CALLER_SCOPE: ContextVar[CallerScope | Exception | None] = ContextVar(
+    "flowwatch_caller_scope", default=None
+)
 
 
 class CallContext:
@@ -43,15 +96,28 @@ class CallContext:
         *,
         deadline: float | None = None,
         request_headers: Mapping[str, str] | None = None,
+        scope: CallerScope = UNRESTRICTED,
     ) -> None:
         self.deadline = deadline  # time.monotonic() value, or None for no deadline
         self.request_headers: Mapping[str, str] = request_headers or {}
+        self.scope = scope
         self.response_headers: dict[str, str] = {}
         self._partial_failures: dict[str, str] = {}
 
     @classmethod
-    def with_timeout(cls, seconds: float | None) -> CallContext:
-        return cls(deadline=None if seconds is None else time.monotonic() + seconds)
+    def with_timeout(cls, seconds: float | None, scope: CallerScope = UNRESTRICTED) -> CallContext:
+        return cls(deadline=None if seconds is None else time.monotonic() + seconds, scope=scope)
+
+    @classmethod
+    def for_request(cls, seconds: float | None) -> CallContext:
+        """The context of the request being served: its deadline and its caller's scope.
+
+        Raises the request's refusal (set by the serving layer) when it has one.
+        """
+        scope = CALLER_SCOPE.get()
+        if isinstance(scope, Exception):
+            raise scope
+        return cls.with_timeout(seconds, UNRESTRICTED if scope is None else scope)
 
     def remaining(self) -> float | None:
         """Seconds left before the caller's deadline (never negative), or None."""

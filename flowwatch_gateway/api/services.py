@@ -148,7 +148,7 @@ def validate_request(rpc: str, request: Message) -> None:
 
 def _call_context(rctx: RequestContext[Any, Any]) -> CallContext:
     timeout_ms = rctx.timeout_ms
-    ctx = CallContext.with_timeout(None if timeout_ms is None else timeout_ms / 1000.0)
+    ctx = CallContext.for_request(None if timeout_ms is None else timeout_ms / 1000.0)
     ctx.request_headers = {k: v for k, v in rctx.request_headers.items()}
     return ctx
 
@@ -167,8 +167,8 @@ def _unary_handler(
     rpc: str, impl: Callable[[Any, CallContext], Awaitable[Message]]
 ) -> Callable[[Any, RequestContext[Any, Any]], Awaitable[Message]]:
     async def handle(request: Any, rctx: RequestContext[Any, Any]) -> Message:
+        ctx = _call_context(rctx)  # who is calling comes before what they asked
         validate_request(rpc, request)
-        ctx = _call_context(rctx)
         try:
             return await impl(request, ctx)
         except ConnectError:
@@ -186,8 +186,8 @@ def _stream_handler(
     rpc: str, impl: Callable[[Any, CallContext], AsyncIterator[Message]]
 ) -> Callable[[Any, RequestContext[Any, Any]], AsyncIterator[Message]]:
     async def handle(request: Any, rctx: RequestContext[Any, Any]) -> AsyncIterator[Message]:
+        ctx = _call_context(rctx)  # who is calling comes before what they asked
         validate_request(rpc, request)
-        ctx = _call_context(rctx)
         try:
             async for message in impl(request, ctx):
                 _send_headers(ctx, rctx)

@@ -104,14 +104,17 @@ class AnalyticsProxy:
                 return owners
         return None
 
-    def _scope_key(self, scope: list[str] | None) -> tuple[tuple[str, int, bool], ...]:
-        """Who would be asked: a new registration or a stale one is another question."""
+    def _scope_key(
+        self, scope: list[str] | None, ctx: CallContext
+    ) -> tuple[tuple[str, int, bool], ...]:
+        """Who would be asked: a new registration or a stale one is another question, and
+        so is a caller who may read other subsystems."""
         wanted = None if scope is None else set(scope)
         return tuple(
             sorted(
                 (inst.id, inst.epoch, inst.connected)
                 for inst in self._registry.instances()
-                if wanted is None or inst.id in wanted
+                if (wanted is None or inst.id in wanted) and ctx.scope.may_read(inst.id)
             )
         )
 
@@ -125,7 +128,7 @@ class AnalyticsProxy:
         compute: Callable[[], Awaitable[R]],
     ) -> R:
         """`compute()`'s answer, or a recent one for the same question, headers included."""
-        key = (rpc, request.SerializeToString(deterministic=True), self._scope_key(scope))
+        key = (rpc, request.SerializeToString(deterministic=True), self._scope_key(scope, ctx))
         now = self._clock()
         entry = self._answers.get(key)
         if entry is not None and now < entry.expires:
@@ -317,7 +320,7 @@ class AnalyticsProxy:
         plans: dict[str, exact.ListingPlan] = {}
         counts: dict[str, dict[int, exact.BucketCounts]] = {}
         for instance_id in sorted(candidates):
-            connected = self._fan.connected([instance_id])
+            connected = self._fan.connected(ctx, [instance_id])
             instance = self._registry.get(instance_id)
             if not connected or instance is None:
                 continue

@@ -312,32 +312,49 @@ class FanOut:
         """The budget of one fan-out made now on behalf of this call."""
         return Budget(self.timeout_ms(ctx), self._concurrency)
 
-    def connected(self, ids: Iterable[str] | None = None) -> list[UpstreamClients]:
-        """Clients of the connected subsystems (all, or those among `ids`), by id."""
-        return self._pool.connected(ids)
+    def connected(
+        self, ctx: CallContext, ids: Iterable[str] | None = None
+    ) -> list[UpstreamClients]:
+        """Clients of the connected subsystems the caller may read (all, or among `ids`)."""
+        scope = ctx.scope
+        return [c for c in self._pool.connected(ids) if scope.may_read(c.instance_id)]
+
+    def every_connected(self) -> list[UpstreamClients]:
+        """Every connected subsystem, whoever calls: for finding a run's owner, whose
+        rights are checked once it is known (per_run.py)."""
+        return self._pool.connected(None)
 
     def note_stale(self, ctx: CallContext, ids: Iterable[str] | None = None) -> None:
         """Stale subsystems are not asked; say that their data is missing."""
         wanted = None if ids is None else set(ids)
         for inst in self._registry.instances():
-            if not inst.connected and (wanted is None or inst.id in wanted):
+            if (
+                not inst.connected
+                and (wanted is None or inst.id in wanted)
+                and ctx.scope.may_read(inst.id)
+            ):
                 ctx.add_partial_failure(inst.id, "stale")
 
-    def unreachable(self, exclude: Iterable[str] = ()) -> dict[str, ConnectError]:
-        """Registered subsystems that cannot be asked now (stale): they might own it."""
+    def unreachable(self, ctx: CallContext, exclude: Iterable[str] = ()) -> dict[str, ConnectError]:
+        """Registered subsystems the caller may read that cannot be asked now (stale):
+        they might own it."""
         skip = set(exclude)
         return {
             inst.id: UpstreamUnreached(Code.UNAVAILABLE, "stale")
             for inst in self._registry.instances()
-            if not inst.connected and inst.id not in skip
+            if not inst.connected and inst.id not in skip and ctx.scope.may_read(inst.id)
         }
+
+    def readable(self, ctx: CallContext, ids: Iterable[str]) -> list[str]:
+        """The subsystem ids among `ids` the caller may read."""
+        return [iid for iid in ids if ctx.scope.may_read(iid)]
 
     def targets(
         self, rpc: str, ctx: CallContext, ids: Iterable[str] | None = None
     ) -> list[UpstreamClients]:
         """The connected subsystems to ask; unavailable when there is none."""
         wanted = None if ids is None else list(ids)
-        targets = self.connected(wanted)
+        targets = self.connected(ctx, wanted)
         self.note_stale(ctx, wanted)
         if not targets:
             raise no_subsystem_error(rpc)
@@ -356,7 +373,7 @@ class FanOut:
         dashboard shows "nothing yet", and stale subsystems are named as missing.
         """
         wanted = None if ids is None else list(ids)
-        targets = self.connected(wanted)
+        targets = self.connected(ctx, wanted)
         self.note_stale(ctx, wanted)
         result: Gathered[T] = await gather(targets, call, self.budget(ctx))
         result.report(ctx, rpc)

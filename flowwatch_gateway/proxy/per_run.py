@@ -26,8 +26,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
@@ -109,18 +109,46 @@ class Located:
     answer: runs.GetRunResponse
 
 
+@dataclass(frozen=True)
+class _Lookup:
+    """What asking everyone found, whoever asked: one owner, several, or none (why)."""
+
+    located: Located | None = None
+    claimants: tuple[str, ...] = ()
+    failures: dict[str, ConnectError] = field(default_factory=dict)
+
+
+class ActionLog(Protocol):
+    """Where every action attempt is recorded, allowed or not (the audit trail)."""
+
+    def action(
+        self, ctx: CallContext, rpc: str, run_id: str, owner: str | None, result: str
+    ) -> None: ...
+
+
+@dataclass
+class _Attempt:
+    owner: str | None = None
+
+
 class PerRunCalls:
     """Ownership, bookkeeping, deadlines and errors of the calls addressed by run id."""
 
     def __init__(
-        self, registry: Registry, pool: UpstreamPool, fan: FanOut, cache_size: int
+        self,
+        registry: Registry,
+        pool: UpstreamPool,
+        fan: FanOut,
+        cache_size: int,
+        actions: ActionLog | None = None,
     ) -> None:
         self._registry = registry
         self._pool = pool
         self._fan = fan
+        self._actions = actions
         self.owners = RunOwnerCache(cache_size)
         # Lookups under way, by run id: concurrent calls for one run share one.
-        self._lookups: dict[str, asyncio.Future[Located]] = {}
+        self._lookups: dict[str, asyncio.Future[_Lookup]] = {}
 
     # --- ownership -------------------------------------------------------------------
     def owner_now(self, run_id: str) -> UpstreamClients | None:
@@ -146,9 +174,54 @@ class PerRunCalls:
             )
             self._lookups[run_id] = shared
             shared.add_done_callback(lambda done: self._lookup_done(run_id, done))
-        return await asyncio.shield(shared)
+        return self._outcome(await asyncio.shield(shared), rpc, run_id, ctx)
 
-    def _lookup_done(self, run_id: str, done: asyncio.Future[Located]) -> None:
+    def _outcome(self, lookup: _Lookup, rpc: str, run_id: str, ctx: CallContext) -> Located:
+        """A lookup's finding as this caller may hear it: it names only the subsystems
+        the caller may read."""
+        what = f"run {run_id!r}"
+        if lookup.located is not None:
+            return lookup.located
+        if lookup.claimants:
+            seen = [c for c in lookup.claimants if ctx.scope.may_read(c)]
+            if not seen:
+                raise _outside_scope(rpc, run_id, ctx)
+            hidden = len(lookup.claimants) - len(seen)
+            names = [*seen, *([f"{hidden} you may not see"] if hidden else [])]
+            raise conflict_error(what, names, rpc)
+        failures = self._fan.unreachable(ctx, lookup.failures)
+        failures.update(
+            (iid, exc) for iid, exc in lookup.failures.items() if ctx.scope.may_read(iid)
+        )
+        raise not_found_or_unavailable(what, failures, rpc)
+
+    def authorize(self, rpc: str, owner: str, run_id: str, ctx: CallContext, *, acts: bool) -> None:
+        """Refuse the call unless the caller may read (or, for an action, act on) the
+        owner's runs."""
+        scope = ctx.scope
+        if not scope.may_read(owner):
+            raise _outside_scope(rpc, run_id, ctx)
+        if acts and not scope.may_act(owner):
+            raise ConnectError(
+                Code.PERMISSION_DENIED,
+                f"{rpc}: {scope.who} may read but not act on the runs of subsystem "
+                f"{owner}; that needs the operator role on it",
+            )
+
+    def audit(
+        self,
+        ctx: CallContext,
+        rpc: str,
+        run_id: str,
+        owner: str | None,
+        error: ConnectError | None,
+    ) -> None:
+        """Record one action attempt on one run, allowed or not."""
+        if self._actions is not None:
+            result = "ok" if error is None else error.code.name.lower()
+            self._actions.action(ctx, rpc, run_id, owner, result)
+
+    def _lookup_done(self, run_id: str, done: asyncio.Future[_Lookup]) -> None:
         self._lookups.pop(run_id, None)
         if not done.cancelled():
             done.exception()  # retrieved: a caller that left must not make asyncio warn
@@ -159,11 +232,11 @@ class PerRunCalls:
         run_id: str,
         budget: Budget,
         silent: set[str] | None = None,
-    ) -> Located:
+    ) -> _Lookup:
         """The lookup itself; `silent` (bulk calls) holds subsystems that ran out of
         time in an earlier lookup: they are not asked, and this lookup adds its own."""
         targets = [
-            c for c in self._fan.connected() if silent is None or c.instance_id not in silent
+            c for c in self._fan.every_connected() if silent is None or c.instance_id not in silent
         ]
         if not targets:
             raise no_subsystem_error(rpc)
@@ -178,22 +251,38 @@ class PerRunCalls:
         if len(claims) > 1:
             if self.owners.claim_by_all(run_id, claims):
                 _log_conflict(run_id, claims)
-            raise conflict_error(f"run {run_id!r}", claims, rpc)
+            return _Lookup(claimants=tuple(sorted(claims)))
         if not claims:
-            result.failures.update(self._fan.unreachable(result.failures))
-            raise not_found_or_unavailable(f"run {run_id!r}", result.failures, rpc)
+            return _Lookup(failures=result.failures)
         ((owner, answer),) = claims.items()
         self.owners.settle(run_id, owner)
         clients = next(c for c in targets if c.instance_id == owner)
         self.stamp(answer.run, owner)
-        return Located(clients, answer)
+        return _Lookup(Located(clients, answer))
 
     # --- one call on the decoding path -------------------------------------------------
     async def call(self, rpc: PerRunRpc, request: Any, ctx: CallContext) -> Message:
-        """Send `request` to the run's owner and apply the rules to its answer."""
+        """Send `request` to the run's owner and apply the rules to its answer; an
+        action is audited whatever came of it."""
+        attempt = _Attempt()
+        try:
+            answer = await self._call(rpc, request, ctx, attempt)
+        except ConnectError as exc:
+            if rpc.changes_state:
+                self.audit(ctx, rpc.name, request.run_id, attempt.owner, exc)
+            raise
+        if rpc.changes_state:
+            self.audit(ctx, rpc.name, request.run_id, attempt.owner, None)
+        return answer
+
+    async def _call(
+        self, rpc: PerRunRpc, request: Any, ctx: CallContext, attempt: _Attempt
+    ) -> Message:
         run_id: str = request.run_id
         clients = self.owner_now(run_id)
         if clients is not None:
+            attempt.owner = clients.instance_id
+            self.authorize(rpc.name, clients.instance_id, run_id, ctx, acts=rpc.changes_state)
             try:
                 answer = await _send(clients, rpc, request, self.timeout_ms(ctx))
             except ConnectError as exc:
@@ -203,6 +292,8 @@ class PerRunCalls:
             else:
                 return self.accepted(rpc, clients.instance_id, run_id, answer)
         located = await self.locate(rpc.name, run_id, ctx)
+        attempt.owner = located.clients.instance_id
+        self.authorize(rpc.name, located.clients.instance_id, run_id, ctx, acts=rpc.changes_state)
         if rpc.name == "GetRun":
             return located.answer  # the lookup asked the owner this very question
         owner = located.clients
@@ -256,12 +347,13 @@ class PerRunCalls:
     # --- bulk actions ------------------------------------------------------------------
     async def owners_of(
         self, rpc: str, run_ids: Sequence[str], ctx: CallContext
-    ) -> tuple[dict[str, list[str]], dict[str, ConnectError]]:
+    ) -> tuple[dict[str, list[str]], dict[str, ConnectError], dict[str, str]]:
         """Group run ids by owning subsystem; the others are looked up, a few at a time.
 
         Bounded: at most MAX_BULK_LOOKUPS lookups, all inside the caller's deadline, and
         a subsystem that did not answer one lookup in time is not asked again in this
-        call. Returns (subsystem id -> run ids, run id -> why it has no owner).
+        call. Returns (subsystem id -> run ids the caller may act on, run id -> why it
+        is not sent, run id -> owner for every id whose owner is known).
         """
         grouped, unknown = group_by_owner(run_ids, self.owners)
         for owner in [o for o in grouped if self._pool.connected_clients(o) is None]:
@@ -280,14 +372,33 @@ class PerRunCalls:
         async def locate(run_id: str) -> None:
             async with lookups:
                 try:
-                    located = await self._locate(rpc, run_id, budget, silent)
+                    lookup = await self._locate(rpc, run_id, budget, silent)
+                    located = self._outcome(lookup, rpc, run_id, ctx)
                 except ConnectError as exc:
                     errors[run_id] = exc
                 else:
                     grouped.setdefault(located.clients.instance_id, []).append(run_id)
 
         await asyncio.gather(*(locate(r) for r in unknown[:MAX_BULK_LOOKUPS]))
-        return grouped, errors
+        owners = {run_id: owner for owner, ids in grouped.items() for run_id in ids}
+        for owner in list(grouped):
+            for run_id in grouped[owner]:
+                try:
+                    self.authorize(rpc, owner, run_id, ctx, acts=True)
+                except ConnectError as exc:
+                    errors[run_id] = exc
+            grouped[owner] = [r for r in grouped[owner] if r not in errors]
+            if not grouped[owner]:
+                del grouped[owner]
+        return grouped, errors, owners
+
+
+def _outside_scope(rpc: str, run_id: str, ctx: CallContext) -> ConnectError:
+    return ConnectError(
+        Code.PERMISSION_DENIED,
+        f"{rpc}: {ctx.scope.who} may not use run {run_id!r}: it belongs to a subsystem "
+        "outside your scope (GATEWAY_POLICY_FILE)",
+    )
 
 
 def _log_conflict(run_id: str, claimants: Iterable[str]) -> None:

@@ -29,6 +29,7 @@ from flowwatch_gateway.gen.flowwatch.v1 import workflow_service_pb2 as wf
 from flowwatch_gateway.proxy.upstream import Connect, HttpMode, UpstreamClients, negotiate
 from flowwatch_gateway.registry.base import Registry, SubsystemInstance
 from flowwatch_gateway.timers import GridTimer, call_on_grid
+from flowwatch_gateway.urls import endpoint_url_problem
 
 __all__ = ["UpstreamPool", "fetch_all_workflows"]
 
@@ -131,6 +132,16 @@ class UpstreamPool:
     # --- registry listener: clients live exactly as long as registrations -------------
     def subsystem_registered(self, instance: SubsystemInstance) -> None:
         old = self._clients.pop(instance.id, None)
+        problem = endpoint_url_problem(instance.endpoint)
+        if problem:  # a record from elsewhere (an older replica via Redis): never dialed
+            log.warning(
+                "subsystem %s is registered with an endpoint this gateway refuses (%s); "
+                "it is not called until it registers again",
+                instance.id,
+                problem,
+                extra={"subsystem_id": instance.id},
+            )
+            return
         # A reconnect to the same endpoint keeps the HTTP version already negotiated.
         mode = old.mode if old is not None and old.endpoint == instance.endpoint else None
         clients = self._connect(instance.id, instance.endpoint, mode)

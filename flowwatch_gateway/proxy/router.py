@@ -48,11 +48,11 @@ class Router:
         """Ask the registrations that name the workflow (else everyone); see above."""
         what = f"workflow {workflow_id!r}"
         declared = self._registry.workflow_owners(workflow_id)
-        targets = self._fan.connected(declared) if declared else self._fan.connected()
+        targets = self._fan.connected(ctx, declared or None)
         if not targets:
             if not declared:
                 raise no_subsystem_error(rpc)
-            raise not_found_or_unavailable(what, self._fan.unreachable(), rpc)
+            raise not_found_or_unavailable(what, self._fan.unreachable(ctx), rpc)
         result = await gather(targets, call, self._fan.budget(ctx))
         answers = result.answers
         if len(answers) > 1 and not _agree(list(answers.values())):
@@ -66,7 +66,7 @@ class Router:
             raise conflict_error(f"{what} (their answers differ)", answers, rpc)
         if answers:
             return answers[min(answers)]
-        result.failures.update(self._fan.unreachable(result.failures))
+        result.failures.update(self._fan.unreachable(ctx, result.failures))
         raise not_found_or_unavailable(what, result.failures, rpc)
 
 

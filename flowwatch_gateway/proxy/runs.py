@@ -86,13 +86,12 @@ class RunsProxy:
         return handle
 
     # --- listing ---------------------------------------------------------------------
-    def _list_targets(self, run_filter: runs.RunFilter) -> list[str]:
-        """subsystem_ids narrows the subsystems asked; unknown ids leave the filter upstream."""
+    def _list_targets(self, run_filter: runs.RunFilter, ctx: CallContext) -> list[str]:
+        """subsystem_ids narrows the subsystems asked; ids no registration holds leave the
+        filter upstream (a federated gateway's subsystems). Only what the caller may read."""
         every = [inst.id for inst in self._registry.instances()]
-        if not run_filter.subsystem_ids:
-            return every
         named = [iid for iid in every if iid in set(run_filter.subsystem_ids)]
-        return named or every
+        return self._fan.readable(ctx, named or every)
 
     async def list_runs(
         self, request: runs.ListRunsRequest, ctx: CallContext
@@ -103,9 +102,9 @@ class RunsProxy:
         query = paging.query_fingerprint(request.filter, field, descending)
         state = paging.resume_cursor(request.pagination.cursor, query, secret=self._secret)
         after = None if state is None else state.after
-        wanted = self._list_targets(request.filter)
+        wanted = self._list_targets(request.filter, ctx)
         self._fan.note_stale(ctx, wanted)
-        targets = self._fan.connected(wanted)
+        targets = self._fan.connected(ctx, wanted)
         upstream_filter = run_merge.narrow_filter(request.filter, field, descending, after)
 
         async def read(c: UpstreamClients, timeout_ms: int) -> Reading:
@@ -165,7 +164,7 @@ class RunsProxy:
     async def _bulk(
         self, rpc: str, run_ids: Sequence[str], ctx: CallContext, call: BulkCall
     ) -> list[runs.BulkActionResult]:
-        grouped, errors = await self._calls.owners_of(rpc, run_ids, ctx)
+        grouped, errors, owners = await self._calls.owners_of(rpc, run_ids, ctx)
         results: dict[str, runs.BulkActionResult] = {
             run_id: runs.BulkActionResult(run_id=run_id, success=False, error=exc.message)
             for run_id, exc in errors.items()
@@ -194,7 +193,13 @@ class RunsProxy:
                     results[result.run_id] = result
 
         await asyncio.gather(*(on_instance(iid, ids) for iid, ids in grouped.items()))
-        return run_merge.merge_bulk_results(run_ids, results)
+        merged = run_merge.merge_bulk_results(run_ids, results)
+        for result in merged:  # one audit record per run id, allowed or not
+            error = errors.get(result.run_id)
+            if error is None and not result.success:
+                error = ConnectError(Code.UNKNOWN, result.error)  # the owner's refusal
+            self._calls.audit(ctx, rpc, result.run_id, owners.get(result.run_id), error)
+        return merged
 
     async def bulk_retry(
         self, request: runs.BulkRetryRequest, ctx: CallContext

@@ -56,7 +56,7 @@ class SearchProxy:
         No connected subsystem means an empty answer, as for every list.
         """
         wanted = None if ids is None else list(ids)
-        targets = self._fan.connected(wanted)
+        targets = self._fan.connected(ctx, wanted)
         self._fan.note_stale(ctx, wanted)
         if not targets:
             return {}
@@ -144,6 +144,9 @@ class SearchProxy:
         if request.workflow_id:
             owners = self._registry.workflow_owners(request.workflow_id) or None
             absent = (Code.UNIMPLEMENTED, Code.NOT_FOUND)
+        # Reindexing changes a subsystem's state: only where the caller may act.
+        everyone = owners if owners is not None else [i.id for i in self._registry.instances()]
+        owners = [iid for iid in everyone if ctx.scope.may_act(iid)]
         return merge_search.merge_reindex(
             await self._gather_search("Reindex", ctx, call, owners, absent_codes=absent)
         )

@@ -27,7 +27,7 @@ from typing import Generic, TypeVar
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 
-from flowwatch_gateway.api.context import CallContext
+from flowwatch_gateway.api.context import CallContext, CallerScope
 from flowwatch_gateway.errors import describe_failure
 from flowwatch_gateway.gen.flowwatch.v1 import stream_service_pb2 as stream
 from flowwatch_gateway.proxy.fanout import FanOut, agreed_error, routed_error
@@ -180,7 +180,8 @@ class StreamsProxy:
         self._fan = fan
         self._calls = calls
         self._poll_interval_s = poll_interval_s
-        self._watches: set[RunWatch] = set()
+        # Open WatchRuns streams, each with its caller's scope.
+        self._watches: dict[RunWatch, CallerScope] = {}
         registry.add_listener(self)
 
     # --- registry listener: open WatchRuns streams follow registrations --------------
@@ -189,8 +190,8 @@ class StreamsProxy:
         if clients is None:
             return
         registered = [inst.id for inst in self._registry.instances()]
-        for watch in self._watches:
-            if watch.wants(instance.id, registered):
+        for watch, scope in self._watches.items():
+            if watch.wants(instance.id, registered) and scope.may_read(instance.id):
                 watch.attach(instance, clients)
 
     def subsystem_removed(self, instance: SubsystemInstance) -> None:
@@ -213,9 +214,13 @@ class StreamsProxy:
         watch = RunWatch(request, stream_timeout_ms(ctx), self._poll_interval_s, self._pool.track)
         instances = self._registry.instances()
         registered = [inst.id for inst in instances]
-        wanted = [inst.id for inst in instances if watch.wants(inst.id, registered)]
+        wanted = [
+            inst.id
+            for inst in instances
+            if watch.wants(inst.id, registered) and ctx.scope.may_read(inst.id)
+        ]
         self._fan.note_stale(ctx, wanted)
-        self._watches.add(watch)
+        self._watches[watch] = ctx.scope
         try:
             for instance in instances:
                 clients = self._pool.connected_clients(instance.id)
@@ -231,7 +236,7 @@ class StreamsProxy:
             self._report_early_failures(watch.failures, ctx)
             raise agreed_error("WatchRuns", watch.failures)
         finally:
-            self._watches.discard(watch)
+            self._watches.pop(watch, None)
             await watch.aclose()
 
     async def watch_run(
@@ -241,6 +246,7 @@ class StreamsProxy:
         if clients is None:
             clients = (await self._calls.locate("WatchRun", request.run_id, ctx)).clients
         owner = clients.instance_id
+        self._calls.authorize("WatchRun", owner, request.run_id, ctx, acts=False)
         timeout_ms = stream_timeout_ms(ctx)
 
         def open_stream(c: UpstreamClients) -> AsyncIterator[stream.RunDetailEvent]:

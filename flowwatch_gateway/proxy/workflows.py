@@ -66,6 +66,7 @@ class WorkflowsProxy:
         known = {
             inst.id: wf.ListWorkflowsResponse(workflows=inst.workflows)
             for inst in self._registry.instances()
+            if ctx.scope.may_read(inst.id)
         }
         merged = [definition for _, definition in catalog.merge_workflows(known)]
         try:
@@ -93,7 +94,7 @@ class WorkflowsProxy:
 
         return await self._router.on_workflow_owner("GetGraph", request.workflow_id, ctx, call)
 
-    def _instance_views(self) -> list[catalog.InstanceView]:
+    def _instance_views(self, ctx: CallContext) -> list[catalog.InstanceView]:
         return [
             catalog.InstanceView(
                 instance_id=inst.id,
@@ -109,6 +110,7 @@ class WorkflowsProxy:
                 registration_id=inst.registration_id,
             )
             for inst in self._registry.instances()
+            if ctx.scope.may_read(inst.id)
         ]
 
     async def list_subsystems(
@@ -131,18 +133,24 @@ class WorkflowsProxy:
 
         wanted = None if only is None else [only]
         self._fan.note_stale(ctx, wanted)
-        result = await gather(self._fan.connected(wanted), call, self._fan.budget(ctx))
+        result = await gather(self._fan.connected(ctx, wanted), call, self._fan.budget(ctx))
         result.report(ctx, "ListSubsystems")
         now = datetime.now(UTC)
         for instance_id, answer in result.answers.items():
             for summary in answer.subsystems:  # nobody speaks for another registration
                 summary.subsystem.id = self._calls.named_id(instance_id, summary.subsystem.id)
             self._last_seen[instance_id] = (now, answer)
-        views = [v for v in self._instance_views() if only is None or v.instance_id == only]
+        views = [v for v in self._instance_views(ctx) if only is None or v.instance_id == only]
         remembered = {
-            iid: seen for iid, seen in self._last_seen.items() if iid not in result.answers
+            iid: seen
+            for iid, seen in self._last_seen.items()
+            if iid not in result.answers and ctx.scope.may_read(iid)
         }
-        return catalog.merge_subsystems(result.answers, views, remembered)
+        merged = catalog.merge_subsystems(result.answers, views, remembered)
+        if not ctx.scope.admin:  # where a subsystem lives is for operators of the gateway
+            for summary in merged.subsystems:
+                summary.subsystem.metadata.pop(catalog.META_ENDPOINT, None)
+        return merged
 
     async def get_subsystem(
         self, request: wf.GetSubsystemRequest, ctx: CallContext
@@ -151,6 +159,12 @@ class WorkflowsProxy:
         subsystem reports for itself, so then the whole list is consulted."""
         wanted = request.subsystem_id
         registered = self._registry.get(wanted) is not None
+        if registered and not ctx.scope.may_read(wanted):
+            raise ConnectError(
+                Code.PERMISSION_DENIED,
+                f"GetSubsystem: {ctx.scope.who} may not see subsystem {wanted!r} "
+                "(GATEWAY_POLICY_FILE)",
+            )
         overview = await self._subsystems(ctx, wanted if registered else None)
         summary = next((s for s in overview.subsystems if s.subsystem.id == wanted), None)
         if summary is None and registered and len(overview.subsystems) == 1:
@@ -195,6 +209,6 @@ class WorkflowsProxy:
         caps = [
             inst.capabilities
             for inst in self._registry.connected()
-            if inst.capabilities is not None
+            if inst.capabilities is not None and ctx.scope.may_read(inst.id)
         ]
         return wf.GetCapabilitiesResponse(capabilities=catalog.merge_capabilities(caps))

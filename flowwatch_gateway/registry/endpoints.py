@@ -247,6 +247,11 @@ def _local_addresses() -> set[IPAddress]:
     return found
 
 
+def is_ip_literal(host: str) -> bool:
+    """Whether a URL's host is an address (then no resolver is ever asked about it)."""
+    return _parse_address(host.strip("[]")) is not None
+
+
 def endpoint_host_port(endpoint: str) -> tuple[str, int]:
     """Host and port of an http(s) URL (the scheme's default port when none is given)."""
     parts = urlsplit(endpoint)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator
 
@@ -43,6 +44,7 @@ from flowwatch_gateway.registry.register import (
 from flowwatch_gateway.registry.register_front import RegisterFront
 from flowwatch_gateway.registry.validation import REGISTER_READ_MAX_BYTES
 from flowwatch_gateway.serving.asgi_guard import GuardReceiveAfterBody
+from flowwatch_gateway.serving.canonical import CanonicalPaths
 from flowwatch_gateway.serving.control import serve_control_socket
 from flowwatch_gateway.serving.envoy_leg import EnvoyLeg
 from flowwatch_gateway.serving.guards import ReadOnlyActions, RequireHttp2
@@ -103,6 +105,14 @@ class _GatewayApp(Starlette):
     request_leg: RequestLeg | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.outermost(scope, receive, send)
+
+    @functools.cached_property
+    def outermost(self) -> ASGIApp:
+        """In front of everything below: a path not in canonical form is 404 (canonical.py)."""
+        return CanonicalPaths(self.dispatch)
+
+    async def dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         direct = self.register_app
         if (
             direct is not None

@@ -51,6 +51,10 @@ _NEVER_SENT = ("connection failure", "connection timeout", *_ENVOY_LIMITS)
 _PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 _BREAKERS = ("max_connections", "max_pending_requests", "max_requests")
 CLUSTER_LIMIT = 1_000_000
+# Bytes a subsystem may send on one stream, and on one connection, before Envoy has
+# passed them on to the app: what flow control then holds back is never buffered.
+UPSTREAM_STREAM_WINDOW = 1024 * 1024
+UPSTREAM_CONNECTION_WINDOW = 16 * 1024 * 1024
 
 
 class NeverSent(Exception):
@@ -59,8 +63,14 @@ class NeverSent(Exception):
 
 def envoy_clusters() -> list[dict[str, Any]]:
     """The ORIGINAL_DST clusters, one per plaintext HTTP mode, for PyvoyServer(upstreams=)."""
+    # Envoy's own HTTP/2 windows (256 MiB by default) would let a subsystem push far
+    # past READ_MAX_BYTES into Envoy's buffers before the capped reader stops it.
+    windows = {
+        "initial_stream_window_size": UPSTREAM_STREAM_WINDOW,
+        "initial_connection_window_size": UPSTREAM_CONNECTION_WINDOW,
+    }
     protocols: dict[HttpMode, dict[str, Any]] = {
-        "h2c": {"http2_protocol_options": {}},
+        "h2c": {"http2_protocol_options": windows},
         "http1": {"http_protocol_options": {}},
     }
     return [

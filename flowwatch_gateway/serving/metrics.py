@@ -10,7 +10,8 @@ out of step and costs nothing between scrapes.
 Label cardinality stays bounded with 1,000+ subsystems: no label ever carries a
 subsystem id. `rpc` is one of the FlowWatch API's method names, `code` one of the
 Connect codes, `state` connected/stale, `result` accepted or one of
-REJECTION_LABELS (registry/register.py). Per-subsystem detail is on the status page and in the logs.
+REJECTION_LABELS (registry/register.py) for registrations, ok or a Connect code for
+actions. Per-subsystem detail is on the status page and in the logs.
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from importlib.metadata import PackageNotFoundError, version
+from typing import Generic, TypeVar
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
+from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.registry import Collector
 
 from flowwatch_gateway.proxy.owners import RunOwnerCache
@@ -118,14 +121,17 @@ class _StateCollector(Collector):
         )
 
 
-class _Children:
+_M = TypeVar("_M", bound=MetricWrapperBase)
+
+
+class _Children(Generic[_M]):
     """A labelled metric's children by label values, each looked up once (few label sets)."""
 
-    def __init__(self, metric: Histogram) -> None:
+    def __init__(self, metric: _M) -> None:
         self._metric = metric
-        self._children: dict[tuple[str, ...], Histogram] = {}
+        self._children: dict[tuple[str, ...], _M] = {}
 
-    def __call__(self, *labels: str) -> Histogram:
+    def __call__(self, *labels: str) -> _M:
         child = self._children.get(labels)
         if child is None:
             child = self._children[labels] = self._metric.labels(*labels)
@@ -136,8 +142,9 @@ class GatewayMetrics:
     """Every metric of one gateway app, and the hooks that update them.
 
     It is the RegisterService's observer (registration results, heartbeat RTT), the
-    sink of observe.py's API-call middleware (partial failures, fan-out width) and of
-    its upstream interceptor (upstream durations; failures go on to UpstreamHealth).
+    sink of observe.py's API-call middleware (partial failures, fan-out width), of
+    its upstream interceptor (upstream durations; failures go on to UpstreamHealth)
+    and of the audit trail (actions by rpc and result).
     """
 
     def __init__(self, registry: Registry, health: UpstreamHealth) -> None:
@@ -184,10 +191,19 @@ class GatewayMetrics:
             buckets=WIDTH_BUCKETS,
             registry=self.collectors,
         )
+        # rpc: an action method name; result: ok or a Connect code (access/audit.py).
+        self.actions = Counter(
+            f"{PREFIX}_actions",
+            "Actions on runs, one per run id (a bulk action counts each), by rpc and "
+            "result: ok or the Connect code it was refused or failed with.",
+            ["rpc", "result"],
+            registry=self.collectors,
+        )
         self.collectors.register(_StateCollector(self))
         # Looked up once per label set: labels() costs more than observe() on every call.
         self._timers = _Children(self.upstream_duration)
         self._widths = _Children(self.fanout_width)
+        self._actions = _Children(self.actions)
 
     def watch_owner_cache(self, owners: RunOwnerCache) -> None:
         self.owners = owners
@@ -212,6 +228,10 @@ class GatewayMetrics:
 
     def fanned_out(self, rpc: str, width: int) -> None:
         self._widths(rpc).observe(width)
+
+    # --- access.audit.ActionSink ----------------------------------------------------
+    def action(self, rpc: str, result: str) -> None:
+        self._actions(rpc, result).inc()
 
     # --- observe.UpstreamSink --------------------------------------------------------
     def upstream_call(

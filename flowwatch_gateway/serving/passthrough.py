@@ -61,7 +61,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.types import Message as AsgiMessage
 
-from flowwatch_gateway.api.context import CallContext
+from flowwatch_gateway.api.context import CALLER_SCOPE, UNRESTRICTED, CallContext
 from flowwatch_gateway.api.services import validate_request
 from flowwatch_gateway.errors import UpstreamUnreached
 from flowwatch_gateway.gen.flowwatch.v1 import run_service_pb2
@@ -261,10 +261,19 @@ class Passthrough:
         request = _decode_request(rpc, call.content_type, body)
         run_id: str = request.run_id  # type: ignore[attr-defined]
         clients = self._calls.owner_now(run_id)
-        if clients is None:
-            raise _Fallback
+        scope = CALLER_SCOPE.get()
+        if clients is None or isinstance(scope, Exception):
+            raise _Fallback  # the decoding path refuses a caller in its protocol's words
         owner = clients.instance_id
-        ctx = CallContext.with_timeout(_caller_timeout_s(call.deadline))
+        ctx = CallContext.with_timeout(_caller_timeout_s(call.deadline), scope or UNRESTRICTED)
+        acts = PER_RUN_BY_NAME[rpc.name].changes_state
+        try:
+            self._calls.authorize(rpc.name, owner, run_id, ctx, acts=acts)
+        except ConnectError as exc:
+            if acts:
+                self._calls.audit(ctx, rpc.name, run_id, owner, exc)
+            await self._send_error(call, exc)
+            return
         timeout_ms = self._calls.timeout_ms(ctx)
         headers: dict[str | pyqwest.HTTPHeaderName, str] = {
             "content-type": PROTO,
@@ -303,6 +312,8 @@ class Passthrough:
                 answer = self._answer(rpc, call.content_type, answer, owner, run_id)
             except ConnectError as exc:
                 refusal = exc
+        if acts:
+            self._calls.audit(ctx, rpc.name, run_id, owner, refusal)
         if refusal is not None:
             await self._send_error(call, refusal)
             return

@@ -162,3 +162,24 @@ async def test_list_subsystems_masks_an_endpoint_password() -> None:
     )
     shown = answer.subsystems[0].subsystem.metadata["gateway.endpoint"]
     assert shown == "http://user:***@orders.test:8080"
+
+
+async def test_a_record_with_a_refused_endpoint_is_never_dialed() -> None:
+    registry = InMemoryRegistry()
+    dialed: list[str] = []
+
+    def connect(instance_id: str, endpoint: str, mode: HttpMode | None) -> UpstreamClients:
+        dialed.append(endpoint)
+        return UpstreamClients(instance_id, endpoint, mode or "h2c", _Refusing())
+
+    gateway = Gateway(registry, GatewayConfig(upstream_timeout=1.0), connect=connect)
+    try:
+        registry.register(
+            gateway_service_pb2.RegisterRequest(
+                subsystem_id="orders", flowwatch_endpoint="http://orders.test/x?admin=1"
+            )
+        )
+        assert gateway.pool.get("orders") is None
+        assert dialed == []
+    finally:
+        await gateway.aclose()
