@@ -17,7 +17,7 @@ from connectrpc.interceptor import Interceptor
 from flowwatch_gateway.config import GatewayConfig
 from flowwatch_gateway.proxy.analytics import AnalyticsProxy
 from flowwatch_gateway.proxy.fanout import FanOut
-from flowwatch_gateway.proxy.per_run import PerRunCalls
+from flowwatch_gateway.proxy.per_run import ActionLog, PerRunCalls
 from flowwatch_gateway.proxy.pool import UpstreamPool
 from flowwatch_gateway.proxy.router import Router
 from flowwatch_gateway.proxy.runs import RunsProxy
@@ -42,10 +42,12 @@ class Gateway:
         connect: Connect | None = None,
         endpoint_policy: EndpointPolicy | None = None,
         interceptors: Callable[[str], Sequence[Interceptor]] | None = None,
+        actions: ActionLog | None = None,
     ) -> None:
         """`connect` replaces the network (tests); by default clients share real transports,
         which check every call's endpoint against `endpoint_policy` when one is given;
-        `interceptors` observe every upstream call (by subsystem id)."""
+        `interceptors` observe every upstream call (by subsystem id); `actions` records
+        every action attempt (the audit trail)."""
         self.endpoint_checker = (
             None if endpoint_policy is None else EndpointChecker(endpoint_policy)
         )
@@ -56,7 +58,7 @@ class Gateway:
             connect=connect or self._transports.connect,
         )
         fan = FanOut(registry, self.pool, config.upstream_timeout, config.fanout_concurrency)
-        self.per_run = PerRunCalls(registry, self.pool, fan, config.run_cache_size)
+        self.per_run = PerRunCalls(registry, self.pool, fan, config.run_cache_size, actions)
         router = Router(registry, fan)
         # Signs every cursor; random unless the operator shares one between replicas.
         cursor_key = config.cursor_key.encode() or secrets.token_bytes(32)

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import socket
 from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
@@ -20,6 +21,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from flowwatch_gateway.access.audit import AuditTrail
 from flowwatch_gateway.api.context import (
     ANALYTICS_METHOD_HEADER,
     APPROXIMATE_HEADER,
@@ -44,10 +46,12 @@ from flowwatch_gateway.registry.register import (
 from flowwatch_gateway.registry.register_front import RegisterFront
 from flowwatch_gateway.registry.validation import REGISTER_READ_MAX_BYTES
 from flowwatch_gateway.serving.asgi_guard import GuardReceiveAfterBody
+from flowwatch_gateway.serving.callers import AuditActions, Identity
 from flowwatch_gateway.serving.canonical import CanonicalPaths
 from flowwatch_gateway.serving.control import serve_control_socket
 from flowwatch_gateway.serving.envoy_leg import EnvoyLeg
 from flowwatch_gateway.serving.guards import ReadOnlyActions, RequireHttp2
+from flowwatch_gateway.serving.hosts import AllowedHosts, HostGuard
 from flowwatch_gateway.serving.observability import Observability
 from flowwatch_gateway.serving.passthrough import Passthrough
 
@@ -103,14 +107,18 @@ class _GatewayApp(Starlette):
     register_app: ASGIApp | None = None
     front: ASGIApp | None = None
     request_leg: RequestLeg | None = None
+    allowed_hosts: AllowedHosts | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.outermost(scope, receive, send)
 
     @functools.cached_property
     def outermost(self) -> ASGIApp:
-        """In front of everything below: a path not in canonical form is 404 (canonical.py)."""
-        return CanonicalPaths(self.dispatch)
+        """In front of everything below: a path not in canonical form is 404 (canonical.py),
+        and with GATEWAY_ALLOWED_HOSTS a request for another host is refused (hosts.py)."""
+        if self.allowed_hosts is None:
+            return CanonicalPaths(self.dispatch)
+        return CanonicalPaths(HostGuard(self.dispatch, self.allowed_hosts))
 
     async def dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         direct = self.register_app
@@ -157,12 +165,15 @@ def create_app(
     )
     register_service = register_service_for(config, registry, observer=observability.metrics)
     # One endpoint policy: checked when a subsystem registers and again on every call.
+    trail = AuditTrail(socket.gethostname(), config.audit_log, observability.metrics)
     gateway = Gateway(
         registry,
         config,
         endpoint_policy=register_service.endpoint_policy,
         interceptors=observability.upstream_interceptors,
+        actions=AuditActions(trail),
     )
+    identity = Identity.for_config(config)
     observability.watch_owner_cache(gateway.per_run.owners)
     registry.add_listener(register_service)
     if shared is not None:
@@ -194,6 +205,7 @@ def create_app(
         if control_socket is not None:
             control = await serve_control_socket(control_socket, drain)
         await observability.start()
+        identity.start()
         app.state.started = True
         try:
             yield
@@ -210,6 +222,8 @@ def create_app(
                 sync_task.cancel()
                 await asyncio.gather(sync_task, return_exceptions=True)
             await gateway.aclose()
+            await identity.aclose()
+            trail.close()
             await observability.stop()
             log.info("gateway stopped")
 
@@ -248,9 +262,10 @@ def create_app(
         else None
     )
     app.request_leg = envoy
+    inner: ASGIApp = app.stack
     if config.passthrough:
         # Per-run calls to a known owner as bytes; everything else takes the stack.
-        app.front = Passthrough(
+        inner = Passthrough(
             app.stack,
             calls=gateway.per_run,
             sink=observability.metrics,
@@ -259,6 +274,10 @@ def create_app(
             propagate_trace=config.trace_propagation,
             read_only=config.read_only,
         )
+    # Who is calling, for every request but Register and the probes (callers.py).
+    app.front = identity.front(inner)
+    if config.allowed_hosts:
+        app.allowed_hosts = AllowedHosts.of(config.allowed_hosts)
     # The same guards the middleware path applies (the Mount above stays for clarity
     # and for the bare service path).
     app.register_prefix = f"{gateway_app.path}/"

@@ -121,12 +121,16 @@ class FakeClock:
 # --- observing the gateway as the UI does -------------------------------------------------
 
 
-def list_subsystems(url: str) -> list[dict[str, Any]]:
-    """ListSubsystems over Connect JSON / HTTP/1.1, exactly like the FlowWatch UI calls it."""
+def list_subsystems(url: str, token: str | None = None) -> list[dict[str, Any]]:
+    """ListSubsystems over Connect JSON / HTTP/1.1, exactly like the FlowWatch UI calls it
+    (with a bearer token, for a gateway that needs one)."""
+    headers = {"Connect-Protocol-Version": "1"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
     response = httpx.post(
         f"{url}/flowwatch.v1.WorkflowService/ListSubsystems",
         json={},
-        headers={"Connect-Protocol-Version": "1"},
+        headers=headers,
         timeout=5.0,
     )
     response.raise_for_status()
@@ -134,22 +138,28 @@ def list_subsystems(url: str) -> list[dict[str, Any]]:
     return subsystems
 
 
-def subsystem_states(url: str) -> dict[str, str]:
+def subsystem_states(url: str, token: str | None = None) -> dict[str, str]:
     """subsystem id -> gateway.state ("connected" / "stale"), as ListSubsystems shows it."""
     states = {}
-    for summary in list_subsystems(url):
+    for summary in list_subsystems(url, token):
         subsystem = summary["subsystem"]
         states[subsystem["id"]] = subsystem.get("metadata", {}).get("gateway.state", "")
     return states
 
 
-def wait_for_state(url: str, subsystem_id: str, state: str | None, timeout: float = 10.0) -> float:
+def wait_for_state(
+    url: str,
+    subsystem_id: str,
+    state: str | None,
+    timeout: float = 10.0,
+    token: str | None = None,
+) -> float:
     """Poll until the subsystem shows `state` (None = gone); return the seconds it took."""
     started = time.monotonic()
     deadline = started + timeout
     last: dict[str, str] = {}
     while time.monotonic() < deadline:
-        last = subsystem_states(url)
+        last = subsystem_states(url, token)
         if last.get(subsystem_id) == state:
             return time.monotonic() - started
         time.sleep(0.05)
