@@ -113,6 +113,12 @@ def tune_envoy_config(
                     # Counts only while no stream is open on the connection.
                     options = typed.setdefault("common_http_protocol_options", {})
                     options["idle_timeout"] = _seconds(limits.idle_timeout)
+                    # The app's ASGI `client` is the connection's own peer. Left at
+                    # Envoy's default, it is taken from X-Forwarded-For, which any
+                    # client writes: trusted proxies, per-peer log budgets and the
+                    # audit trail would believe it. Headers are passed on unchanged.
+                    typed["use_remote_address"] = True
+                    typed["skip_xff_append"] = True
     # One cap for the whole process, checked before a connection reaches any filter.
     config["overload_manager"] = {
         "resource_monitors": [

@@ -26,7 +26,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from flowwatch_gateway.processes import Child, child_env, free_port
 from tests.support.front_servers import FrontServer
-from tests.support.harness import ROOT
+from tests.support.harness import ROOT, GatewayProcess, start_gateway, start_subsystem
+from tests.support.upstreams import wait_until
 
 EXAMPLE = ROOT / "deploy" / "auth-proxy" / "envoy.yaml"
 ISSUER = "https://issuer.example.com"
@@ -316,3 +317,114 @@ def test_register_is_not_served_at_the_users_origin(proxy: Proxy) -> None:
     token = proxy.issuer.token(sub="alice")
     response = proxy.call(token, path="/flowwatch.v1.GatewayService/Register")
     assert response.status_code == 404
+
+
+# --- the real gateway behind the example -----------------------------------------------------
+
+PROXY_ADDRESS = "127.0.0.2"  # Envoy dials the gateway from here: the only trusted peer
+POLICY = """\
+bindings:
+  - role: operator
+    subjects: ["group:flowwatch-operators"]
+anonymous: none
+"""
+
+
+@dataclass
+class Behind:
+    proxy: Proxy
+    gateway: GatewayProcess
+    audit_log: Path
+
+
+@pytest.fixture(scope="module")
+def behind(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Behind]:
+    assert ENVOY is not None
+    folder = tmp_path_factory.mktemp("behind")
+    (folder / "policy.yaml").write_text(POLICY)
+    env = {
+        "GATEWAY_AUTH_PROXY_TRUSTED": f"{PROXY_ADDRESS}/32",
+        "GATEWAY_POLICY_FILE": str(folder / "policy.yaml"),
+        "GATEWAY_AUDIT_LOG": str(folder / "audit.log"),
+    }
+    issuer, ui = Issuer(), StaticUi()
+    try:
+        with start_gateway(env=env) as gateway, start_subsystem(gateway.url, "orders"):
+            port = free_port()
+            config = local_config(port, gateway.port, ui.port, issuer.port)
+            for cluster in config["static_resources"]["clusters"]:
+                if cluster["name"] == "gateway":
+                    source = {"address": PROXY_ADDRESS, "port_value": 0}
+                    cluster["upstream_bind_config"] = {"source_address": source}
+            path = folder / "envoy.json"
+            path.write_text(json.dumps(config))
+            command = [ENVOY, "-c", str(path), "--use-dynamic-base-id", "--concurrency", "1"]
+            command += ["--log-level", "warning"]
+            with Child("envoy-auth-proxy", command, env=child_env()) as envoy:
+                envoy.start()
+                url = f"http://127.0.0.1:{port}"
+                envoy.wait_http_ok(f"{url}/", STARTUP_TIMEOUT)
+                yield Behind(Proxy(url, ui, issuer), gateway, folder / "audit.log")
+    finally:
+        issuer.close()
+        ui.close()
+
+
+def _connect(url: str, rpc: str, body: dict[str, Any], **headers: str) -> httpx.Response:
+    return httpx.post(
+        f"{url}/flowwatch.v1.{rpc}",
+        json=body,
+        headers={"Connect-Protocol-Version": "1", **headers},
+        timeout=10.0,
+    )
+
+
+def test_actions_through_the_proxy_carry_its_identity_into_the_audit_trail(
+    behind: Behind,
+) -> None:
+    token = behind.proxy.issuer.token(sub="alice", groups=["flowwatch-operators"])
+    auth = {"Authorization": f"Bearer {token}"}
+
+    def listed_some() -> bool:
+        answer = _connect(behind.proxy.url, "RunService/ListRuns", {}, **auth)
+        return bool(answer.status_code == 200 and answer.json().get("runs"))
+
+    wait_until(
+        listed_some,
+        timeout=STARTUP_TIMEOUT,
+        what="the orders subsystem's runs through the proxy",
+    )
+    listed = _connect(
+        behind.proxy.url,
+        "RunService/ListRuns",
+        {"filter": {"statuses": ["RUN_STATUS_RUNNING"]}},
+        **auth,
+    )
+    run_id = listed.json()["runs"][0]["id"]
+    cancelled = _connect(behind.proxy.url, "RunService/CancelRun", {"runId": run_id}, **auth)
+    assert cancelled.status_code == 200, cancelled.text
+    records = [json.loads(line) for line in behind.audit_log.read_text().splitlines()]
+    (record,) = [r for r in records if r["run_id"] == run_id]
+    assert (record["subject"], record["groups"], record["source"], record["result"]) == (
+        "alice",
+        ["flowwatch-operators"],
+        "proxy",
+        "ok",
+    )
+    assert record["peer"] == PROXY_ADDRESS
+
+
+def test_identity_headers_from_anyone_but_the_proxy_are_ignored(behind: Behind) -> None:
+    forged = {"X-Forwarded-User": "alice", "X-Forwarded-Groups": "flowwatch-operators"}
+    direct = _connect(behind.gateway.url, "RunService/ListRuns", {}, **forged)
+    assert direct.status_code == 401
+    assert direct.json()["code"] == "unauthenticated"
+    # Nor does naming the proxy's address in X-Forwarded-For make a client the proxy.
+    spoofed = _connect(
+        behind.gateway.url,
+        "RunService/ListRuns",
+        {},
+        **forged,
+        **{"X-Forwarded-For": PROXY_ADDRESS, "X-Real-IP": PROXY_ADDRESS},
+    )
+    assert spoofed.status_code == 401

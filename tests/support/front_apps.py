@@ -41,6 +41,7 @@ async def echo(scope: Scope, receive: Receive, send: Send) -> None:
                 for name, value in scope.get("headers", ())
             ],
             "http_version": scope.get("http_version"),
+            "client": list(scope["client"]) if scope.get("client") else None,
         }
     ).encode()
     await send(

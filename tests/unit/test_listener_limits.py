@@ -82,6 +82,12 @@ def test_envoy_times_headers_and_idle_connections_and_caps_them() -> None:
     assert monitor["typed_config"]["max_active_downstream_connections"] == 50
 
 
+def test_the_apps_peer_is_the_connections_own_never_a_forwarded_for_header() -> None:
+    for manager in _connection_managers(_envoy_config(GatewayConfig())):
+        assert manager["use_remote_address"] is True
+        assert manager["skip_xff_append"] is True
+
+
 def test_envoy_admin_is_a_private_unix_socket_only() -> None:
     admin = _envoy_config(GatewayConfig())["admin"]
     assert admin["address"] == {
