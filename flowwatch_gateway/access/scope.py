@@ -6,7 +6,9 @@ the serving layer from the caller it identified and the policy in force.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
 
 from flowwatch_gateway.access.identity import Caller
 from flowwatch_gateway.access.policy import Policy, Role
@@ -21,8 +23,22 @@ class Access:
     caller: Caller
     policy: Policy
     peer: str | None = None
-    request_id: str | None = None
-    traceparent: str | None = None
+    # The request's headers, read only when an action is recorded.
+    headers: Sequence[tuple[bytes, bytes]] = field(default=(), repr=False, compare=False)
+
+    @cached_property
+    def request_id(self) -> str | None:
+        return self._header(b"x-request-id")
+
+    @cached_property
+    def traceparent(self) -> str | None:
+        return self._header(b"traceparent")
+
+    def _header(self, wanted: bytes) -> str | None:
+        for name, value in self.headers:
+            if name.lower() == wanted:
+                return value.decode("latin-1")[:128]
+        return None
 
     def role_on(self, subsystem_id: str) -> Role | None:
         return self.policy.role_on(self.caller, subsystem_id)

@@ -120,21 +120,20 @@ class Callers:
             await self._app(scope, receive, send)
             return
         peer = scope["client"][0] if scope.get("client") else None
-        headers = scope["headers"]
-        trusted_proxy = self._proxy is not None and self._proxy.trusts(peer)
-        if not trusted_proxy and any(name.lower() in IDENTITY_HEADERS for name, _ in headers):
-            scope = dict(
-                scope, headers=[h for h in headers if h[0].lower() not in IDENTITY_HEADERS]
-            )
-        request_id = traceparent = authorization = None
+        authorization = None
+        forwarded_identity = False
         for name, value in scope["headers"]:
             lowered = name.lower()
             if lowered == b"authorization":
                 authorization = value.decode("latin-1")
-            elif lowered == b"x-request-id":
-                request_id = value.decode("latin-1")[:128]
-            elif lowered == b"traceparent":
-                traceparent = value.decode("latin-1")[:128]
+            elif lowered in IDENTITY_HEADERS:
+                forwarded_identity = True
+        trusted_proxy = self._proxy is not None and self._proxy.trusts(peer)
+        if forwarded_identity and not trusted_proxy:
+            headers = scope["headers"]
+            scope = dict(
+                scope, headers=[h for h in headers if h[0].lower() not in IDENTITY_HEADERS]
+            )
         refusal: ConnectError | None = None
         try:
             caller = await self._identify(authorization, peer, scope, trusted_proxy)
@@ -142,7 +141,7 @@ class Callers:
             caller = ANONYMOUS
             code = Code.UNAVAILABLE if exc.retryable else Code.UNAUTHENTICATED
             refusal = ConnectError(code, exc.message)
-        access = Access(caller, self._policy(), peer, request_id, traceparent)
+        access = Access(caller, self._policy(), peer, scope["headers"])
         if refusal is None and not access.has_any_role:
             refusal = _no_role(access, identity_configured=self._identity_configured)
         if scope["path"] == STATUS_PATH and (refusal is not None or not access.admin):
