@@ -8,6 +8,7 @@ root (admin); the same rules over Connect JSON, Connect binary and gRPC.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from tests.support.harness import (
     wait_for_state,
 )
 from tests.support.oidc_issuer import AUDIENCE, OidcIssuer, unsigned_token
+from tests.support.redis_server import redis_server
 
 POLICY = """\
 bindings:
@@ -242,3 +244,48 @@ def test_a_spelling_of_an_action_that_is_not_canonical_is_not_found(stack: Stack
             timeout=10,
         )
         assert response.status_code == 404, path
+
+
+@pytest.fixture(scope="module")
+def replicas(
+    issuer: OidcIssuer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[GatewayProcess, GatewayProcess, OidcIssuer]]:
+    folder = tmp_path_factory.mktemp("replicas")
+    (folder / "policy.yaml").write_text(POLICY)
+    redis_gen = redis_server()
+    redis = next(redis_gen)
+    env = {
+        "GATEWAY_OIDC_ISSUER": issuer.url,
+        "GATEWAY_OIDC_AUDIENCE": AUDIENCE,
+        "GATEWAY_POLICY_FILE": str(folder / "policy.yaml"),
+        "GATEWAY_REDIS_URL": redis.url,
+        "GATEWAY_CURSOR_KEY": "one-key-for-both-replicas",
+    }
+    try:
+        with (
+            start_gateway(env={**env, "GATEWAY_AUDIT_LOG": str(folder / "a.log")}) as first,
+            start_gateway(env={**env, "GATEWAY_AUDIT_LOG": str(folder / "b.log")}) as second,
+            start_subsystem(first.url, ORDERS),
+            start_subsystem(first.url, PAYMENTS),
+        ):
+            root = Stack(second, issuer, folder / "b.log").token("root")
+            for name in (ORDERS, PAYMENTS):
+                wait_for_state(second.url, name, "connected", timeout=20.0, token=root)
+            yield first, second, issuer
+    finally:
+        with contextlib.suppress(StopIteration):
+            next(redis_gen)
+
+
+def test_a_second_replica_applies_the_same_policy(
+    replicas: tuple[GatewayProcess, GatewayProcess, OidcIssuer], tmp_path: Path
+) -> None:
+    _, second, issuer = replicas
+    stack = Stack(second, issuer, tmp_path / "unused.log")
+    alice = call(stack, "RunService/ListRuns", {"pagination": {"limit": 100}}, stack.token("alice"))
+    assert alice.status_code == 200, alice.text
+    assert {run["subsystemId"] for run in alice.json()["runs"]} == {ORDERS}
+    theirs = running_run(stack, PAYMENTS)
+    refused = call(stack, "RunService/CancelRun", {"runId": theirs}, stack.token("alice"))
+    assert refused.json()["code"] == "permission_denied"
+    assert code(call(stack, "RunService/ListRuns", {}, None)) == "unauthenticated"
