@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import signal
 import socket
 from collections.abc import AsyncIterator
 
@@ -203,9 +204,13 @@ def create_app(
         sync_task = asyncio.create_task(shared.run(), name="registry-sync") if shared else None
         control = None
         if control_socket is not None:
-            control = await serve_control_socket(control_socket, drain)
+            control = await serve_control_socket(control_socket, drain, identity.reload)
         await observability.start()
         identity.start()
+        with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):
+            # Under uvicorn the app runs on the main thread and takes SIGHUP itself;
+            # inside Envoy the supervisor forwards it over the control socket.
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, identity.reload)
         app.state.started = True
         try:
             yield

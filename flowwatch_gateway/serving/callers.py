@@ -75,6 +75,10 @@ class Identity:
     def policy(self) -> Policy:
         return self.policy_file.current() if self.policy_file is not None else OPEN_POLICY
 
+    def reload(self) -> bool:
+        """Read the policy file again now (SIGHUP); True when the new one was taken."""
+        return self.policy_file.reload() if self.policy_file is not None else False
+
     def front(self, app: ASGIApp) -> Callers:
         return Callers(
             app,

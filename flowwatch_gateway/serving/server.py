@@ -41,7 +41,7 @@ from pyvoy import LogLevel, PyvoyServer, StartupError
 
 from flowwatch_gateway import exit_guard
 from flowwatch_gateway.config import GatewayConfig
-from flowwatch_gateway.serving.control import CONTROL_SOCKET_ENV, request_drain
+from flowwatch_gateway.serving.control import CONTROL_SOCKET_ENV, request_drain, request_reload
 from flowwatch_gateway.serving.envoy_admin import PrivateAdminPyvoyServer
 from flowwatch_gateway.serving.envoy_leg import ENVOY_LEG_ENV, envoy_clusters
 from flowwatch_gateway.serving.logs import configure_logging
@@ -204,6 +204,7 @@ async def _supervise_envoy(config: GatewayConfig, control_socket: str) -> int:
         drain_timeout=DRAIN_TIMEOUT_SECONDS,
         what=f"the gateway on {config.addr}",
         on_started=started,
+        reload_on_hangup=True,
     )
 
 
@@ -214,16 +215,27 @@ async def supervise_envoy(
     drain_timeout: float,
     what: str,
     on_started: Callable[[], None] | None = None,
+    reload_on_hangup: bool = False,
 ) -> int:
     """Run an Envoy child until SIGTERM/SIGINT (exit 0) or until it dies (exit 1).
 
     On a requested stop the app is asked to drain over its control socket first,
-    because Envoy cuts open streams the moment it gets SIGTERM itself.
+    because Envoy cuts open streams the moment it gets SIGTERM itself. With
+    `reload_on_hangup`, SIGHUP asks the app to read its policy file again.
     """
     stop_requested = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop_requested.set)
+    reloads: set[asyncio.Task[bool]] = set()
+    if reload_on_hangup:
+
+        def hang_up() -> None:
+            task = loop.create_task(request_reload(control_socket))
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, hang_up)
     try:
         await server.start()
     except StartupError:

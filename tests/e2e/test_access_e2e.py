@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from tests.support.harness import (
 )
 from tests.support.oidc_issuer import AUDIENCE, OidcIssuer, unsigned_token
 from tests.support.redis_server import redis_server
+from tests.support.upstreams import wait_until
 
 POLICY = """\
 bindings:
@@ -289,3 +291,30 @@ def test_a_second_replica_applies_the_same_policy(
     refused = call(stack, "RunService/CancelRun", {"runId": theirs}, stack.token("alice"))
     assert refused.json()["code"] == "permission_denied"
     assert code(call(stack, "RunService/ListRuns", {}, None)) == "unauthenticated"
+
+
+@pytest.mark.parametrize("server", ["pyvoy", "uvicorn"])
+def test_sighup_reloads_the_policy_and_a_bad_edit_keeps_the_last_good_one(
+    server: str, tmp_path: Path
+) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("bindings: []\nanonymous: none\n")
+    env = {"GATEWAY_POLICY_FILE": str(policy)}
+    with start_gateway(env=env, server=server) as gateway:
+        url = f"{gateway.url}/flowwatch.v1.WorkflowService/ListWorkflows"
+
+        def anonymous_code() -> int:
+            headers = {"Connect-Protocol-Version": "1"}
+            return httpx.post(url, json={}, headers=headers, timeout=10).status_code
+
+        assert anonymous_code() == 401
+        policy.write_text("bindings: []\nanonymous: viewer\n")
+        gateway.terminate(signal.SIGHUP)
+        wait_until(lambda: anonymous_code() == 200, timeout=10, what="the new policy")
+        policy.write_text("bindings: [this is not a binding\n")
+        gateway.terminate(signal.SIGHUP)
+        wait_until(
+            lambda: "GATEWAY_POLICY_FILE" in gateway.logs(), timeout=10, what="the refusal logged"
+        )
+        assert anonymous_code() == 200  # the last good policy still holds
+        assert httpx.get(f"{gateway.url}/readyz", timeout=10).status_code == 200
