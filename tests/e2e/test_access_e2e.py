@@ -40,6 +40,9 @@ bindings:
     subjects: ["group:readers"]
   - role: admin
     subjects: ["user:root"]
+  - role: operator
+    subjects: ["user:carol"]
+    subsystems: ["shipping"]
 anonymous: none
 """
 ORDERS, PAYMENTS = "orders", "payments"
@@ -318,3 +321,63 @@ def test_sighup_reloads_the_policy_and_a_bad_edit_keeps_the_last_good_one(
         )
         assert anonymous_code() == 200  # the last good policy still holds
         assert httpx.get(f"{gateway.url}/readyz", timeout=10).status_code == 200
+
+
+PER_RUN_ACTIONS = ("RetryRun", "RetryFromStep", "CancelRun", "PauseRun", "ResumeRun", "SkipStep")
+PER_RUN_READS = ("GetRun", "GetRunSteps", "GetRunTimeline", "GetRunLogs")
+EXPECTED = {  # role -> (what reads get, what actions get), on a run of `orders`
+    "anonymous": ("unauthenticated", "unauthenticated"),
+    "viewer": ("allowed", "permission_denied"),
+    "operator": ("allowed", "allowed"),
+    "outsider": ("permission_denied", "permission_denied"),  # operator elsewhere only
+}
+
+
+def _matrix_token(stack: Stack, role: str) -> str | None:
+    return {
+        "anonymous": None,
+        "viewer": stack.token("bob", "readers"),
+        "operator": stack.token("alice"),
+        "outsider": stack.token("carol"),
+    }[role]
+
+
+def _grpc_code(stack: Stack, rpc: str, run_id: str, token: str | None) -> str:
+    request_type = getattr(runs_pb, f"{rpc}Request")
+    request = request_type(run_id=run_id)
+    if "step_name" in request_type.DESCRIPTOR.fields_by_name:
+        request.step_name = "validate"
+    with grpc.insecure_channel(f"127.0.0.1:{stack.gateway.port}") as channel:
+        method = channel.unary_unary(
+            f"/flowwatch.v1.RunService/{rpc}",
+            request_serializer=request_type.SerializeToString,
+            response_deserializer=lambda data: data,
+        )
+        metadata = () if token is None else (("authorization", f"Bearer {token}"),)
+        try:
+            method(request, metadata=metadata, timeout=10)
+        except grpc.RpcError as exc:
+            return str(exc.code().name.lower())
+        return "ok"
+
+
+@pytest.mark.parametrize("protocol", ["connect-json", "grpc"])
+@pytest.mark.parametrize("role", sorted(EXPECTED))
+def test_every_per_run_rpc_follows_the_policy(stack: Stack, role: str, protocol: str) -> None:
+    """Allowed means the subsystem decided (ok, or its own refusal of the state)."""
+    run_id = running_run(stack, ORDERS)
+    token = _matrix_token(stack, role)
+    reads, actions = EXPECTED[role]
+    for rpc in (*PER_RUN_READS, *PER_RUN_ACTIONS):
+        if protocol == "grpc":
+            got = _grpc_code(stack, rpc, run_id, token)
+        else:
+            body: dict[str, object] = {"runId": run_id}
+            if rpc in ("RetryFromStep", "SkipStep"):
+                body["stepName"] = "validate"
+            got = code(call(stack, f"RunService/{rpc}", body, token))
+        wanted = actions if rpc in PER_RUN_ACTIONS else reads
+        if wanted == "allowed":
+            assert got not in ("permission_denied", "unauthenticated"), (rpc, got)
+        else:
+            assert got == wanted, (rpc, got)
