@@ -381,3 +381,18 @@ def test_every_per_run_rpc_follows_the_policy(stack: Stack, role: str, protocol:
             assert got not in ("permission_denied", "unauthenticated"), (rpc, got)
         else:
             assert got == wanted, (rpc, got)
+
+
+def test_allowed_hosts_refuse_another_host_but_never_the_probes() -> None:
+    env = {"GATEWAY_ALLOWED_HOSTS": "flowwatch.example.com,127.0.0.1"}
+    with start_gateway(env=env) as gateway:
+        url = f"{gateway.url}/flowwatch.v1.WorkflowService/ListWorkflows"
+        headers = {"Connect-Protocol-Version": "1"}
+        rebound = httpx.post(url, json={}, headers={**headers, "Host": "evil.example"}, timeout=10)
+        assert rebound.status_code == 403
+        assert "GATEWAY_ALLOWED_HOSTS" in rebound.json()["message"]
+        named = {**headers, "Host": "flowwatch.example.com"}
+        assert httpx.post(url, json={}, headers=named, timeout=10).status_code == 200
+        assert httpx.post(url, json={}, headers=headers, timeout=10).status_code == 200
+        probe = httpx.get(f"{gateway.url}/readyz", headers={"Host": "10.1.2.3"}, timeout=10)
+        assert probe.status_code == 200
