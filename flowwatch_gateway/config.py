@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from flowwatch_gateway.allowed_hosts import AllowedHosts
 from flowwatch_gateway.registry.endpoints import parse_host_rules
 from flowwatch_gateway.registry.keys import load_keys_file
 from flowwatch_gateway.urls import redact_url
@@ -566,33 +567,9 @@ def parse_trusted_proxies(text: str) -> dict[str, Any]:
     return {"auth_proxy_trusted": tuple(networks)}
 
 
-# A host name or pattern (fnmatch * and ?), an IPv4 address or a bracketed IPv6 one,
-# optionally with :port or :* (the Host header carries the port when it is not the default).
-_HOST_PATTERN = re.compile(
-    r"(?:\[[0-9a-f:.*]+\]|[a-z0-9*?_-]+(?:\.[a-z0-9*?_-]+)*\.?)(?::(?P<port>\d{1,5}|\*))?"
-)
-
-
 def parse_allowed_hosts(text: str) -> dict[str, Any]:
     """Comma-separated host names or patterns accepted in Host / :authority (empty = any)."""
-    hosts = []
-    for part in (item.strip().lower() for item in text.split(",")):
-        if not part:
-            continue
-        if "://" in part or "/" in part:
-            host = urlsplit(part if "://" in part else f"//{part}").netloc or part
-            raise ValueError(f"{part!r} is not a host; write the host only, e.g. {host}")
-        match = _HOST_PATTERN.fullmatch(part)
-        if part != "*" and match is None:
-            raise ValueError(
-                f"{part!r} is not a host name or pattern (e.g. gateway.example.com, "
-                "*.example.com, gateway.internal:8091, [::1]:8091)"
-            )
-        port = match.group("port") if match else None
-        if port is not None and port != "*" and not 1 <= int(port) <= 65535:
-            raise ValueError(f"{part!r}: the port must be between 1 and 65535")
-        hosts.append(part)
-    return {"allowed_hosts": tuple(hosts)}
+    return {"allowed_hosts": AllowedHosts.parse(text).patterns}
 
 
 @dataclass(frozen=True)

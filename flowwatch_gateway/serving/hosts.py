@@ -7,11 +7,8 @@ answers (CORS never applies: it is the same origin). What the browser cannot cha
 is the Host header (`:authority` in HTTP/2): it stays the attacker's name. Checking
 it against the names the gateway is meant to be reached by closes that door.
 
-- `AllowedHosts.parse("gateway.example.com, *.internal, localhost, [::1], 10.0.0.5")`:
-  comma-separated host names, fnmatch patterns (`*`, `?`, `[...]`), IPv4 addresses and
-  bracketed IPv6 literals. No ports: the host is compared without its port. Names
-  are compared case-insensitively, a trailing dot is ignored. An empty list allows
-  any host (the setting unset).
+- `AllowedHosts` (flowwatch_gateway/allowed_hosts.py): the names and patterns, one
+  rule for the configuration and this layer.
 - `HostGuard(app, allowed)`: every request whose Host is not allowed gets
   `permission_denied` (HTTP 403 for Connect unary and plain requests, gRPC and
   Connect streaming in their own protocol, via guards.send_error), except the probes
@@ -27,118 +24,16 @@ host[:port] is refused whenever the list is set: none of them can be checked.
 
 from __future__ import annotations
 
-import fnmatch
-import ipaddress
-import re
-from collections.abc import Iterable
-from dataclasses import dataclass
-
 from connectrpc.code import Code
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from flowwatch_gateway.allowed_hosts import MAX_SHOWN_HOST, SETTING, AllowedHosts, host_of
 from flowwatch_gateway.serving.guards import send_error
 
-SETTING = "GATEWAY_ALLOWED_HOSTS"
+__all__ = ["PROBE_PATHS", "AllowedHosts", "HostGuard", "host_header", "host_of", "refusal_message"]
+
 # Called by IP by load balancers and kubelets, and they reveal nothing worth a rebinding.
 PROBE_PATHS = frozenset({"/healthz", "/readyz"})
-
-# A DNS name (letters, digits, '-', '_', dots) or an IPv4 address, then an optional port.
-_NAME_WITH_PORT = re.compile(r"([A-Za-z0-9_.-]+)(?::([0-9]*))?")
-# A bracketed IPv6 literal, then an optional port.
-_IPV6_WITH_PORT = re.compile(r"\[([0-9A-Fa-f:.]+)\](?::([0-9]*))?")
-_PATTERN = re.compile(r"[A-Za-z0-9_.*?\[\]!-]+")
-# Longest host shown back in a refusal (a DNS name is at most 253 characters).
-_MAX_SHOWN = 253
-
-
-def host_of(header: str) -> str | None:
-    """The host part of a Host header value, normalised; None if it is not valid.
-
-    Lower-cased, without port and brackets (`[::1]:8091` -> `::1`), trailing dot
-    removed (`example.com.` -> `example.com`).
-    """
-    match = _IPV6_WITH_PORT.fullmatch(header)
-    if match is not None:
-        try:
-            return str(ipaddress.IPv6Address(match.group(1)))
-        except ValueError:
-            return None
-    match = _NAME_WITH_PORT.fullmatch(header)
-    if match is None:
-        return None
-    host = match.group(1).lower()
-    if host.endswith("."):
-        host = host[:-1]
-    if not host or ".." in host or host.startswith("."):
-        return None
-    return host
-
-
-@dataclass(frozen=True)
-class AllowedHosts:
-    """The host names and patterns a gateway answers; empty = any host."""
-
-    patterns: tuple[str, ...] = ()
-
-    @classmethod
-    def parse(cls, text: str) -> AllowedHosts:
-        """From GATEWAY_ALLOWED_HOSTS' comma-separated form; ValueError naming a bad entry."""
-        return cls.of(part for part in text.split(","))
-
-    @classmethod
-    def of(cls, entries: Iterable[str]) -> AllowedHosts:
-        """From separate entries (e.g. config.allowed_hosts); blank ones are skipped."""
-        patterns: list[str] = []
-        for entry in entries:
-            pattern = _normalise_pattern(entry.strip())
-            if pattern is not None and pattern not in patterns:
-                patterns.append(pattern)
-        return cls(tuple(patterns))
-
-    @property
-    def any_host(self) -> bool:
-        return not self.patterns
-
-    def allows(self, host_header: str | None) -> bool:
-        """Whether a request with this Host header (None: it had none) may be answered."""
-        if self.any_host:
-            return True
-        if host_header is None:
-            return False
-        host = host_of(host_header)
-        if host is None:
-            return False
-        return any(_matches(host, pattern) for pattern in self.patterns)
-
-
-def _normalise_pattern(entry: str) -> str | None:
-    if not entry:
-        return None
-    if entry.startswith("[") or ":" in entry:
-        # An IPv6 literal, bracketed or not; a ':' in anything else would be a port.
-        literal = entry[1:-1] if entry.startswith("[") and entry.endswith("]") else entry
-        try:
-            return str(ipaddress.IPv6Address(literal))
-        except ValueError:
-            raise ValueError(
-                f"{SETTING}: {entry!r} is neither a host name nor an IPv6 literal; write "
-                "host names or patterns without a port (e.g. gateway.example.com, "
-                "*.example.com, [::1])"
-            ) from None
-    if _PATTERN.fullmatch(entry) is None:
-        raise ValueError(
-            f"{SETTING}: {entry!r} is not a host name or pattern; use letters, digits, "
-            "'-', '_', '.' and the wildcards '*', '?' (e.g. *.example.com)"
-        )
-    pattern = entry.lower()
-    return pattern[:-1] if pattern.endswith(".") and len(pattern) > 1 else pattern
-
-
-def _matches(host: str, pattern: str) -> bool:
-    if ":" in pattern:
-        # IPv6 literals compare as addresses (host_of gives them in the same compressed form).
-        return host == pattern
-    return fnmatch.fnmatchcase(host, pattern)
 
 
 def host_header(scope: Scope) -> str | None:
@@ -192,7 +87,7 @@ def refusal_message(header: str | None) -> str:
     """What the refused caller is told: the host (when it is one) and the setting."""
     if header is None:
         what = "a request without a single Host header"
-    elif host_of(header) is None or len(header) > _MAX_SHOWN:
+    elif host_of(header) is None or len(header) > MAX_SHOWN_HOST:
         what = "a request with a malformed Host header"
     else:
         what = f"host {header!r}"

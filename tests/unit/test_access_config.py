@@ -37,7 +37,7 @@ def every_setting(policy: Path, audit: Path) -> dict[str, str]:
         "GATEWAY_OIDC_AUDIENCE": "flowwatch-gateway",
         "GATEWAY_OIDC_GROUPS_CLAIM": "roles",
         "GATEWAY_AUTH_PROXY_TRUSTED": "10.0.0.5, 10.1.0.0/16,fd00::/8",
-        "GATEWAY_ALLOWED_HOSTS": "Gateway.Example.com, *.internal,gw:8091,[::1]:8091",
+        "GATEWAY_ALLOWED_HOSTS": "Gateway.Example.com, *.internal,gw,[::1]",
     }
 
 
@@ -46,7 +46,7 @@ def check_every_setting(config: GatewayConfig, policy: Path, audit: Path) -> Non
     assert config.oidc_issuer == ISSUER and config.oidc_audience == "flowwatch-gateway"
     assert config.oidc_groups_claim == "roles"
     assert config.auth_proxy_trusted == ("10.0.0.5/32", "10.1.0.0/16", "fd00::/8")
-    assert config.allowed_hosts == ("gateway.example.com", "*.internal", "gw:8091", "[::1]:8091")
+    assert config.allowed_hosts == ("gateway.example.com", "*.internal", "gw", "::1")
 
 
 def test_every_setting_through_the_environment(policy: Path, tmp_path: Path) -> None:
@@ -130,7 +130,7 @@ def test_to_env_round_trip(policy: Path, tmp_path: Path) -> None:
         ({"GATEWAY_ALLOWED_HOSTS": "https://gw.example.com"}, {}, "write the host only"),
         ({"GATEWAY_ALLOWED_HOSTS": "gw.example.com/ui"}, {}, "e.g. gw.example.com"),
         ({"GATEWAY_ALLOWED_HOSTS": "gw example.com"}, {}, "not a host name or pattern"),
-        ({"GATEWAY_ALLOWED_HOSTS": "gw:99999"}, {}, "the port must be between 1 and 65535"),
+        ({"GATEWAY_ALLOWED_HOSTS": "gw:8091"}, {}, "write the host without it (gw)"),
     ],
 )
 def test_bad_values_are_refused_with_a_message(

@@ -89,7 +89,7 @@ def test_entries_as_config_gives_them() -> None:
     "text", ["gateway.example.com:8091", "http://gateway.example.com", "a b", "[nope]", "x/y"]
 )
 def test_bad_entries_are_refused_naming_them(text: str) -> None:
-    with pytest.raises(ValueError, match="GATEWAY_ALLOWED_HOSTS") as raised:
+    with pytest.raises(ValueError) as raised:
         AllowedHosts.parse(f"localhost,{text}")
     assert repr(text) in str(raised.value)
 
