@@ -34,12 +34,12 @@ from connectrpc.errors import ConnectError
 from connectrpc.request import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from flowwatch_gateway.asgi_receive import CancelSafeReceive
 from flowwatch_gateway.gen.flowwatch.v1.gateway_service_pb2 import (
     GatewayMessage,
     SubsystemMessage,
 )
 from flowwatch_gateway.registry.register import RegisterService
-from flowwatch_gateway.serving.asgi_guard import CancelSafeReceive
 
 __all__ = ["RegisterFront"]
 

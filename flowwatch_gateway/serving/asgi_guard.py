@@ -34,6 +34,8 @@ import asyncio
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from flowwatch_gateway.asgi_receive import CancelSafeReceive
+
 FIRST_POLL_S = 0.01
 MAX_POLL_S = 1.0
 
@@ -106,32 +108,6 @@ class GuardReceiveAfterBody:
                 disconnected.set()
 
         await self.app(scope, guarded_receive, guarded_send)
-
-
-class CancelSafeReceive:
-    """A receive() its caller may cancel: the server's own receive() is left pending.
-
-    A cancelled call leaves the server's future to finish on its own; the message
-    it brings is the answer to the next call, so nothing the client sent is lost.
-    """
-
-    __slots__ = ("_pending", "_receive")
-
-    def __init__(self, receive: Receive) -> None:
-        self._receive = receive
-        self._pending: asyncio.Future[Message] | None = None
-
-    async def __call__(self) -> Message:
-        pending = self._pending
-        if pending is None:
-            pending = self._pending = asyncio.ensure_future(self._receive())
-        # shield: cancelling this call cancels only the shield's outer future (and
-        # marks the server's result as retrieved if nobody asks for it again).
-        try:
-            return await asyncio.shield(pending)
-        finally:
-            if pending.done():
-                self._pending = None
 
 
 def pending_watchers() -> int:

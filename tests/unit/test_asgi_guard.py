@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 from starlette.types import Message, Receive, Scope, Send
 
-from flowwatch_gateway.serving.asgi_guard import CancelSafeReceive, GuardReceiveAfterBody
+from flowwatch_gateway.asgi_receive import CancelSafeReceive
+from flowwatch_gateway.serving.asgi_guard import GuardReceiveAfterBody
 
 pytestmark = pytest.mark.anyio
 
