@@ -1,10 +1,11 @@
 """Pure routing state for the gateway: which subsystems claim which run.
 
-Per-run rpcs (GetRun, CancelRun, ...) carry only a run id. A subsystem claims a run by
-listing it (ListRuns rows, WatchRuns events) or by answering GetRun for it. Claims
-are kept, never replaced: a second subsystem claiming a run makes the run contested,
-and a contested or unknown run is routed only after every connected subsystem was
-asked (proxy/per_run.py). So nobody wins a run by answering first or last.
+Per-run rpcs (GetRun, CancelRun, ...) carry only a run id. A run has an owner here
+only once a lookup asked every connected subsystem and exactly one claimed it
+(`settle`, proxy/per_run.py). Listing a run (ListRuns rows, WatchRuns events) is a
+claim too, but one that only ever takes an owner away: a claim by anyone but the
+settled owner unsettles the run, so the next call looks again. Claims are kept,
+never replaced, so nobody wins a run by answering first or last.
 
 The table is a bounded least-recently-used map; workflow routing needs no state
 here: it is a lookup in the registry.
@@ -22,7 +23,8 @@ MAX_CLAIMANTS = 4
 
 
 class RunOwnerCache:
-    """Bounded true-LRU map of run id -> the subsystem ids that claim it.
+    """Bounded true-LRU map of run id -> the subsystems that claim it, and whether a
+    lookup settled it.
 
     Both reads and writes refresh recency, so runs the UI keeps looking at stay
     cached while long ListRuns scans push out only runs nobody asked about again.
@@ -32,7 +34,8 @@ class RunOwnerCache:
         if capacity < 1:
             raise ValueError(f"RunOwnerCache capacity must be at least 1; got {capacity}")
         self._capacity = capacity
-        self._claims: OrderedDict[str, tuple[str, ...]] = OrderedDict()
+        # run id -> (claimants, settled by a lookup)
+        self._claims: OrderedDict[str, tuple[tuple[str, ...], bool]] = OrderedDict()
         # Lookups answered with one owner / not, for the gateway's metrics.
         self.hits = 0
         self.misses = 0
@@ -42,32 +45,33 @@ class RunOwnerCache:
         return self._capacity
 
     def get(self, run_id: str) -> str | None:
-        """The one subsystem that claims run_id, or None (unknown or contested).
+        """The run's settled owner, or None (unknown, only listed, or contested).
 
         A hit makes the entry most recent.
         """
-        claimants = self._claims.get(run_id)
-        if claimants is not None and len(claimants) == 1:
+        entry = self._claims.get(run_id)
+        if entry is not None and entry[1] and len(entry[0]) == 1:
             self.hits += 1
             self._claims.move_to_end(run_id)
-            return claimants[0]
+            return entry[0][0]
         self.misses += 1
         return None
 
     def claimants(self, run_id: str) -> tuple[str, ...]:
         """Every subsystem known to claim run_id (without refreshing recency)."""
-        return self._claims.get(run_id, ())
+        entry = self._claims.get(run_id)
+        return () if entry is None else entry[0]
 
     def claim(self, run_id: str, instance_id: str) -> bool:
         """Note that `instance_id` claims the run; True when that makes it contested."""
         if not run_id:
             return False
-        known = self._claims.get(run_id, ())
+        known = self.claimants(run_id)
         if instance_id in known:
             self._claims.move_to_end(run_id)
             return False
         if len(known) < MAX_CLAIMANTS:
-            self._store(run_id, (*known, instance_id))
+            self._store(run_id, (*known, instance_id), settled=False)
         return bool(known)
 
     def claim_many(self, instance_id: str, run_ids: Iterable[str]) -> list[str]:
@@ -81,18 +85,18 @@ class RunOwnerCache:
 
     def settle(self, run_id: str, instance_id: str) -> None:
         """Every subsystem was asked and only `instance_id` claims the run."""
-        self._store(run_id, (instance_id,))
+        self._store(run_id, (instance_id,), settled=True)
 
     def disown(self, run_id: str, instance_id: str) -> None:
         """`instance_id` answered that it does not have the run (not_found)."""
-        remaining = tuple(c for c in self._claims.get(run_id, ()) if c != instance_id)
+        remaining = tuple(c for c in self.claimants(run_id) if c != instance_id)
         if remaining:
-            self._claims[run_id] = remaining
+            self._claims[run_id] = (remaining, False)
         else:
             self._claims.pop(run_id, None)
 
-    def _store(self, run_id: str, claimants: tuple[str, ...]) -> None:
-        self._claims[run_id] = claimants
+    def _store(self, run_id: str, claimants: tuple[str, ...], *, settled: bool) -> None:
+        self._claims[run_id] = (claimants, settled)
         self._claims.move_to_end(run_id)
         while len(self._claims) > self._capacity:
             self._claims.popitem(last=False)
@@ -110,7 +114,7 @@ def group_by_owner(
 ) -> tuple[dict[str, list[str]], list[str]]:
     """Split run ids (e.g. of a bulk action) into per-owner batches and the rest.
 
-    Returns ({instance id: run ids in request order}, run ids with no single claimant);
+    Returns ({instance id: run ids in request order}, run ids with no settled owner);
     each distinct id appears once, so one instance is never asked twice for a run.
     The rest must be looked up by asking every instance.
     """

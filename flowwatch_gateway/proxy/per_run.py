@@ -1,15 +1,15 @@
 """The rules of a call addressed by run id, in one place for both serving paths.
 
-Who owns a run. A run belongs to the one connected subsystem that claims it. A
-subsystem claims a run by listing it (its ListRuns rows, its WatchRuns events) or by
-answering GetRun for it; nothing else it says (search hits, trace spans, a retry's
-`new_run_id`) counts, since any subsystem can name any id there. Claims are never
-replaced (owners.py): when one subsystem is the only known claimant the call goes
-to it; when none or several are known, every connected subsystem is asked GetRun
-and the gateway waits for all of them (within the deadline). Exactly one claim
-routes the call; several refuse it, `failed_precondition`, naming them all, and the
-conflict is logged; none is `not_found` (or `unavailable` when a subsystem that
-might own it could not be asked). Who answers first never decides.
+Who owns a run. A run belongs to the one connected subsystem that claims it when
+every connected subsystem is asked GetRun: the first call for a run looks it up so,
+waiting for all of them (within the deadline), and later calls go to the owner it
+found. Exactly one claim routes the call; several refuse it, `failed_precondition`,
+naming them all, and the conflict is logged; none is `not_found` (or `unavailable`
+when a subsystem that might own it could not be asked). Who answers first never
+decides. Listing a run (ListRuns rows, WatchRuns events) never makes an owner, it
+can only unsettle one: a row from anyone but the owner makes the next call look
+again (owners.py). What a subsystem says about other runs (search hits, trace
+spans, a retry's `new_run_id`) is no claim at all.
 
 Which subsystem a row names. A run, span or search hit a subsystem returns carries
 its own id, or an id no other registration holds: a gateway registered as a

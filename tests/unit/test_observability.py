@@ -93,7 +93,7 @@ def test_metrics_families_follow_the_registry_and_the_cache() -> None:
         assert value(parsed, "flowwatch_gateway_registrations", sample, result=result) == 0
 
     registry.mark_stale(orders.id, orders.epoch)
-    owners.claim("run-1", "payments")
+    owners.settle("run-1", "payments")
     owners.get("run-1")
     owners.get("run-2")
     metrics.registration("accepted")

@@ -76,7 +76,7 @@ async def setup() -> AsyncIterator[tuple[httpx.AsyncClient, HostileOwner]]:
             workflows=[types_pb2.WorkflowDefinition(id="wf")],
         )
     )
-    gateway.per_run.owners.claim(RUN_ID, "hostile")
+    gateway.per_run.owners.settle(RUN_ID, "hostile")
     app = Passthrough(_stack_app, calls=gateway.per_run)
     client = httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app), base_url="http://gateway.test"

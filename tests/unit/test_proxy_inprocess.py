@@ -178,7 +178,7 @@ async def test_the_owners_own_error_reaches_the_caller_with_its_code_and_words(
     """Go subsystems answer every refusal as internal; the words are what matter."""
     owner = stack.subsystems["orders"]
     run = owner.engine.data.runs[0]
-    stack.gateway.per_run.owners.claim(run.id, "orders")
+    stack.gateway.per_run.owners.settle(run.id, "orders")
     owner.answers["CancelRun"] = ("internal", "invalid RunState: from Completed | to Cancelled")
 
     with pytest.raises(ConnectError) as refused:
@@ -191,7 +191,7 @@ async def test_the_owners_own_error_reaches_the_caller_with_its_code_and_words(
 @pytest.mark.anyio
 async def test_an_unreachable_owner_is_named_in_the_gateways_words(stack: Stack) -> None:
     run = stack.subsystems["orders"].engine.data.runs[0]
-    stack.gateway.per_run.owners.claim(run.id, "orders")
+    stack.gateway.per_run.owners.settle(run.id, "orders")
     stack.subsystems["orders"].down = True
 
     with pytest.raises(ConnectError) as unreachable:

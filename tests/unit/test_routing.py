@@ -14,11 +14,29 @@ def test_capacity_must_be_positive() -> None:
         RunOwnerCache(0)
 
 
-def test_get_returns_the_one_claimant_and_none_for_unknown() -> None:
+def test_get_returns_the_settled_owner_and_none_for_unknown() -> None:
     cache = RunOwnerCache(4)
-    cache.claim("run-1", "orders")
+    cache.settle("run-1", "orders")
     assert cache.get("run-1") == "orders"
     assert cache.get("run-2") is None
+
+
+def test_a_listed_run_has_no_owner_until_a_lookup_settles_it() -> None:
+    cache = RunOwnerCache(4)
+    cache.claim("run-1", "orders")
+    assert cache.get("run-1") is None
+    cache.settle("run-1", "orders")
+    assert cache.get("run-1") == "orders"
+    cache.claim("run-1", "orders")  # the owner listing it again changes nothing
+    assert cache.get("run-1") == "orders"
+
+
+def test_anyone_else_listing_a_settled_run_unsettles_it() -> None:
+    cache = RunOwnerCache(4)
+    cache.settle("run-1", "orders")
+    assert cache.claim("run-1", "attacker") is True
+    assert cache.get("run-1") is None
+    assert cache.claimants("run-1") == ("orders", "attacker")
 
 
 def test_a_second_claimant_makes_a_run_contested_and_never_replaces_the_first() -> None:
@@ -58,18 +76,19 @@ def test_disown_drops_one_claimant_and_the_entry_with_the_last() -> None:
     cache.claim("run-1", "orders")
     cache.claim("run-1", "attacker")
     cache.disown("run-1", "attacker")
-    assert cache.get("run-1") == "orders"
+    assert cache.claimants("run-1") == ("orders",)
+    assert cache.get("run-1") is None  # still to be looked up
     cache.disown("run-1", "orders")
     assert "run-1" not in cache
 
 
 def test_eviction_is_least_recently_used_not_least_recently_inserted() -> None:
     cache = RunOwnerCache(3)
-    cache.claim("a", "i1")
-    cache.claim("b", "i1")
-    cache.claim("c", "i2")
+    cache.settle("a", "i1")
+    cache.settle("b", "i1")
+    cache.settle("c", "i2")
     assert cache.get("a") == "i1"  # a is now the most recently used
-    cache.claim("d", "i2")  # must evict b, the least recently used
+    cache.settle("d", "i2")  # must evict b, the least recently used
     assert "b" not in cache
     assert cache.get("a") == "i1"
     assert cache.get("c") == "i2"
@@ -85,8 +104,8 @@ def test_empty_run_ids_are_never_claimed() -> None:
 
 def test_group_by_owner_batches_known_and_lists_the_rest_once() -> None:
     cache = RunOwnerCache(10)
-    cache.claim_many("i1", ["a", "c"])
-    cache.claim_many("i2", ["b", "y"])
+    for run_id, owner in (("a", "i1"), ("c", "i1"), ("b", "i2"), ("y", "i2")):
+        cache.settle(run_id, owner)
     assert cache.claim_many("i1", ["y"]) == ["y"]
     batches, unknown = group_by_owner(["c", "x", "a", "b", "x", "a", "y"], cache)
     assert batches == {"i1": ["c", "a"], "i2": ["b"]}
