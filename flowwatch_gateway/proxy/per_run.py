@@ -159,9 +159,14 @@ class PerRunCalls:
         return None if owner is None else self._pool.connected_clients(owner)
 
     def claim(self, instance_id: str, run_ids: Iterable[str]) -> None:
-        """Rows the subsystem listed: note its claims, and say so when one conflicts."""
+        """Rows the subsystem listed: each one listed by another too unsettles its run."""
         for run_id in self.owners.claim_many(instance_id, run_ids):
-            _log_conflict(run_id, self.owners.claimants(run_id))
+            log.info(
+                "run %r is listed by subsystems %s; its owner is looked up again",
+                run_id,
+                ", ".join(sorted(self.owners.claimants(run_id))),
+                extra={"run_id": run_id, "subsystem_id": instance_id},
+            )
 
     async def locate(
         self, rpc: str, run_id: str, ctx: CallContext, *, budget: Budget | None = None
