@@ -161,7 +161,8 @@ class PerRunCalls:
     def claim(self, instance_id: str, run_ids: Iterable[str]) -> None:
         """Rows the subsystem listed: each one listed by another too unsettles its run."""
         for run_id in self.owners.claim_many(instance_id, run_ids):
-            log.info(
+            # Debug only: a subsystem listing others' runs could write a line per row.
+            log.debug(
                 "run %r is listed by subsystems %s; its owner is looked up again",
                 run_id,
                 ", ".join(sorted(self.owners.claimants(run_id))),
