@@ -58,31 +58,27 @@ async def serve_control_socket(
 
 async def request_drain(path: str, within: float) -> bool:
     """Ask the app listening on `path` to drain; True once it confirms `within` seconds."""
-    try:
-        async with asyncio.timeout(within):
-            reader, writer = await asyncio.open_unix_connection(path)
-            try:
-                writer.write(DRAIN_COMMAND)
-                await writer.drain()
-                return await reader.readline() == DRAINED_REPLY
-            finally:
-                writer.close()
-    except (OSError, TimeoutError) as exc:
-        log.warning("could not drain the gateway before stopping: %r", exc)
-        return False
+    reply = await _ask(path, DRAIN_COMMAND, within, "drain the gateway before stopping")
+    return reply == DRAINED_REPLY
 
 
 async def request_reload(path: str, within: float = 5.0) -> bool:
     """Ask the app listening on `path` to read its policy file again; True when taken."""
+    reply = await _ask(path, RELOAD_COMMAND, within, "ask the gateway to reload its policy")
+    return reply == RELOADED_REPLY
+
+
+async def _ask(path: str, command: bytes, within: float, what: str) -> bytes | None:
+    """The app's one-line reply to `command`, or None (logged) when none came in time."""
     try:
         async with asyncio.timeout(within):
             reader, writer = await asyncio.open_unix_connection(path)
             try:
-                writer.write(RELOAD_COMMAND)
+                writer.write(command)
                 await writer.drain()
-                return await reader.readline() == RELOADED_REPLY
+                return await reader.readline()
             finally:
                 writer.close()
     except (OSError, TimeoutError) as exc:
-        log.warning("could not ask the gateway to reload its policy: %r", exc)
-        return False
+        log.warning("could not %s: %r", what, exc)
+        return None
