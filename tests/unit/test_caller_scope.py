@@ -68,9 +68,10 @@ async def stack() -> AsyncIterator[tuple[Stack, Recorded]]:
         return UpstreamClients(instance_id, endpoint, mode or "h2c", transports[endpoint])
 
     registry = InMemoryRegistry()
-    gateway = Gateway(registry, GatewayConfig(upstream_timeout=2.0), connect=connect)
-    recorded = Recorded()
-    gateway.per_run._actions = recorded  # the audit trail's seam
+    recorded = Recorded()  # in the audit trail's place
+    gateway = Gateway(
+        registry, GatewayConfig(upstream_timeout=2.0), connect=connect, actions=recorded
+    )
     for name in names:
         registry.register(
             gateway_service_pb2.RegisterRequest(
